@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Create .venv and install jungle with its dev tools. Idempotent.
+# torch is installed first and pinned to 2.13.0, which resolves to the CPU wheel
+# on these machines; an unpinned torch would pull several GB of CUDA packages.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+    "$PY" -m venv .venv
+fi
+.venv/bin/python -m pip install --quiet --upgrade pip
+.venv/bin/python -m pip install --quiet "torch==2.13.0"
+.venv/bin/python -m pip install --quiet -e ".[dev]"
