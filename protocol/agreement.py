@@ -1,0 +1,275 @@
+"""Averaging agreement: RB-TM with witnesses, R rounds per instance (DESIGN 4.2).
+
+One :class:`AveragingAgreement` agrees on one vector (a gradient or the model) for one
+(step, phase). In round r, node i:
+
+1. reliably broadcasts its vector x_i (kind VECTOR);
+2. collects delivered vectors; one that fails validation (undecodable, wrong dtype or
+   length, NaN/Inf) is dropped, identically at every honest node since all of them
+   deliver the same bytes, and becomes a fault against its origin;
+3. once it holds ``report_quorum`` = n-f valid vectors, reliably broadcasts
+   REPORT(origins held) (kind REPORT), once;
+4. counts j as a *witness* once j's REPORT is delivered and every origin in it is held
+   locally (re-checked as vectors arrive);
+5. with ``witness_quorum`` = n-f witnesses, sets x_i := aggregate(all vectors held, f)
+   and enters round r+1; after round R-1 it decides.
+
+Witnesses (Abraham, Amit, Dolev 2004) make any two honest nodes' sets share at least n-f
+vectors, which is what makes the trimmed mean contract even at n = 3f+1.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from protocol.broadcast import BroadcastInstance, BroadcastParams
+from protocol.codec import CodecError, decode_array, decode_report, encode_array, encode_report
+from protocol.crypto import SignatureScheme
+from protocol.messages import Echo, Fetch, FetchReply, InstanceId, Kind, Message, Ready, Send, Tag
+from protocol.step import Decided, Delivered, FaultKind, Output, RoundStarted, Step
+
+Aggregator = Callable[[np.ndarray, int], np.ndarray]
+
+#: bytes an array header may add to dim * itemsize on the wire
+ARRAY_HEADER_BYTES_MAX = 64
+
+
+@dataclass(frozen=True, slots=True)
+class AgreementParams:
+    broadcast: BroadcastParams
+    dim: int
+    dtype: np.dtype[np.floating]
+    aggregator: Aggregator
+
+    @property
+    def report_quorum(self) -> int:
+        """Valid vectors a node holds before it reports them."""
+        return self.broadcast.n - self.broadcast.f
+
+    @property
+    def witness_quorum(self) -> int:
+        """Witnesses a node waits for before it aggregates and moves on."""
+        return self.broadcast.n - self.broadcast.f
+
+    def payload_bytes_max(self, kind: int) -> int:
+        if kind == Kind.VECTOR:
+            return self.dim * self.dtype.itemsize + ARRAY_HEADER_BYTES_MAX
+        return 8 + 5 * self.broadcast.n  # msgpack list of n small ints
+
+
+@dataclass(slots=True)
+class _Round:
+    held: dict[int, np.ndarray] = field(default_factory=dict)
+    invalid: set[int] = field(default_factory=set)
+    reports: dict[int, frozenset[int]] = field(default_factory=dict)
+    reported: bool = False
+
+
+class AveragingAgreement:
+    """One agreement instance (step, phase) with ``rounds`` rounds, at node ``me``."""
+
+    def __init__(
+        self,
+        step: int,
+        phase: int,
+        rounds: int,
+        params: AgreementParams,
+        scheme: SignatureScheme,
+    ) -> None:
+        if rounds < 1:
+            raise ValueError(f"an agreement needs at least one round, got {rounds}")
+        self.step = step
+        self.phase = phase
+        self.rounds = rounds
+        self._params = params
+        self._scheme = scheme
+        self._instances: dict[InstanceId, BroadcastInstance] = {}
+        self._rounds = [_Round() for _ in range(rounds)]
+        #: the round this node is in; None before :meth:`start`, ``rounds`` once decided
+        self.current_round: int | None = None
+        self.decision: np.ndarray | None = None
+
+    @property
+    def started(self) -> bool:
+        return self.current_round is not None
+
+    @property
+    def decided(self) -> bool:
+        return self.decision is not None
+
+    # ------------------------------------------------------------------ inputs
+
+    def start(self, vector: np.ndarray) -> Step:
+        """Enter round 0 with our own vector (a local call: bad input is our bug)."""
+        if self.started:
+            raise RuntimeError(f"agreement ({self.step}, {self.phase}) already started")
+        self._check_own_vector(vector)
+        return self._consume_deliveries(self._enter_round(0, vector))
+
+    def handle(self, sender: int, msg: Message) -> Step:
+        """A broadcast message whose tag belongs to this agreement (the core checked it)."""
+        instance = self._instance(msg.iid)
+        match msg:
+            case Send():
+                step = instance.handle_send(sender, msg)
+            case Echo():
+                step = instance.handle_echo(sender, msg)
+            case Ready():
+                step = instance.handle_ready(sender, msg)
+            case Fetch():
+                step = instance.handle_fetch(sender, msg)
+            case FetchReply():
+                step = instance.handle_fetch_reply(sender, msg)
+        return self._consume_deliveries(step)
+
+    def tick(self) -> Step:
+        step = Step()
+        for iid in sorted(self._instances):
+            step.extend(self._instances[iid].tick())
+        return self._consume_deliveries(step)
+
+    def retire(self) -> None:
+        """Free payloads and held vectors; the instance only answers duplicates after this."""
+        for instance in self._instances.values():
+            instance.drop_payload()
+        for state in self._rounds:
+            state.held.clear()
+
+    def equivocations(self) -> list[BroadcastInstance]:
+        return [i for _, i in sorted(self._instances.items()) if i.equivocation is not None]
+
+    def deliveries(self) -> dict[InstanceId, bytes]:
+        """The digest each broadcast instance delivered here (for tests and metrics)."""
+        return {
+            iid: instance.delivered_digest
+            for iid, instance in sorted(self._instances.items())
+            if instance.delivered_digest is not None and instance.payload is not None
+        }
+
+    def held(self, round_: int) -> dict[int, np.ndarray]:
+        """Valid vectors held in ``round_``, by origin."""
+        return dict(sorted(self._rounds[round_].held.items()))
+
+    # ------------------------------------------------------------------ internals
+
+    def _instance(self, iid: InstanceId) -> BroadcastInstance:
+        instance = self._instances.get(iid)
+        if instance is None:
+            bytes_max = self._params.payload_bytes_max(iid.tag.kind)
+            instance = BroadcastInstance(iid, self._params.broadcast, self._scheme, bytes_max)
+            self._instances[iid] = instance
+        return instance
+
+    def _tag(self, round_: int, kind: Kind) -> Tag:
+        return Tag(self.step, self.phase, round_, kind)
+
+    def _enter_round(self, round_: int, vector: np.ndarray) -> Step:
+        self.current_round = round_
+        me = self._params.broadcast.me
+        instance = self._instance(InstanceId(me, self._tag(round_, Kind.VECTOR)))
+        step = instance.send(encode_array(vector))
+        step.outputs.insert(0, RoundStarted(self.step, self.phase, round_, vector))
+        return step
+
+    def _consume_deliveries(self, raw: Step) -> Step:
+        """Run broadcast deliveries through the agreement until nothing more follows.
+
+        Deliveries stay internal: they may make us REPORT, finish a round, enter the next
+        one (whose own SEND may deliver at once in tiny systems) or decide.
+        """
+        if not raw.outputs:
+            return raw  # nothing delivered, so no round can have completed
+        step = Step(raw.messages, [], raw.faults)
+        work = list(raw.outputs)
+        while True:
+            while work:
+                output = work.pop(0)
+                if isinstance(output, Delivered):
+                    work += self._absorb(self._on_delivered(output), step)
+                else:
+                    step.outputs.append(output)
+            progressed = self._complete_round()
+            if progressed is None:
+                return step
+            work += self._absorb(progressed, step)
+
+    @staticmethod
+    def _absorb(sub: Step, into: Step) -> list[Output]:
+        into.messages += sub.messages
+        into.faults += sub.faults
+        return sub.outputs
+
+    def _on_delivered(self, delivered: Delivered) -> Step:
+        step = Step()
+        iid = delivered.iid
+        state = self._rounds[iid.tag.round]
+        if iid.tag.kind == Kind.VECTOR:
+            vector, why = self._validate_vector(delivered.payload)
+            if vector is None:
+                state.invalid.add(iid.origin)
+                step.fault(iid.origin, FaultKind.BAD_VECTOR, why, iid)
+                return step
+            state.held[iid.origin] = vector
+            if not state.reported and len(state.held) >= self._params.report_quorum:
+                state.reported = True
+                me = self._params.broadcast.me
+                instance = self._instance(InstanceId(me, self._tag(iid.tag.round, Kind.REPORT)))
+                step.extend(instance.send(encode_report(sorted(state.held))))
+            return step
+        try:
+            report = decode_report(delivered.payload, self._params.broadcast.n)
+        except CodecError as exc:
+            step.fault(iid.origin, FaultKind.BAD_REPORT, str(exc), iid)
+            return step
+        if len(report) < self._params.report_quorum:
+            step.fault(iid.origin, FaultKind.BAD_REPORT, "REPORT lists fewer than n-f", iid)
+        else:
+            state.reports[iid.origin] = report
+        return step
+
+    def _validate_vector(self, payload: bytes | memoryview) -> tuple[np.ndarray | None, str]:
+        try:
+            vector = decode_array(payload)
+        except CodecError as exc:
+            return None, str(exc)
+        if vector.dtype != self._params.dtype:
+            return None, f"dtype {vector.dtype} instead of {self._params.dtype}"
+        if vector.shape != (self._params.dim,):
+            return None, f"shape {vector.shape} instead of ({self._params.dim},)"
+        if not np.isfinite(vector).all():
+            return None, "vector has NaN or infinite values"
+        return vector, ""
+
+    def _complete_round(self) -> Step | None:
+        """Aggregate and move on if the current round has ``witness_quorum`` witnesses."""
+        round_ = self.current_round
+        if round_ is None or round_ >= self.rounds:
+            return None
+        state = self._rounds[round_]
+        held = state.held.keys()
+        witnesses = sum(1 for report in state.reports.values() if report <= held)
+        if witnesses < self._params.witness_quorum:
+            return None
+        origins = sorted(held)
+        vector = self._params.aggregator(
+            np.stack([state.held[o] for o in origins]), self._params.broadcast.f
+        ).astype(self._params.dtype, copy=False)
+        if round_ + 1 < self.rounds:
+            return self._enter_round(round_ + 1, vector)
+        self.current_round = self.rounds
+        self.decision = vector
+        step = Step()
+        step.outputs.append(Decided(self.step, self.phase, vector))
+        return step
+
+    def _check_own_vector(self, vector: np.ndarray) -> None:
+        if vector.shape != (self._params.dim,) or vector.dtype != self._params.dtype:
+            raise ValueError(
+                f"expected a ({self._params.dim},) {self._params.dtype} vector, "
+                f"got {vector.shape} {vector.dtype}"
+            )
+        if not np.isfinite(vector).all():
+            raise ValueError("our own vector has NaN or infinite values")

@@ -1,0 +1,318 @@
+"""Bracha reliable broadcast with digest echoes: one state machine per instance (DESIGN 4.1).
+
+Rules, as the paper states them, for instance id = (origin, tag):
+
+* the origin sends SEND(id, payload), signed over (session, id, digest(payload));
+* on the first valid SEND from the origin: keep the payload, send ECHO(id, digest);
+* on ECHO(id, h) from ``echo_quorum`` = ceil((n+f+1)/2) distinct nodes, or READY(id, h)
+  from ``ready_amplify`` = f+1 distinct nodes: send READY(id, h), once;
+* on READY(id, h) from ``deliver_quorum`` = 2f+1 distinct nodes: deliver h. Without the
+  payload, fetch it from nodes that echoed h (at least f+1 of them are honest and hold it),
+  one at a time, asking the next one on each :meth:`tick`.
+
+ECHO/READY carry the 32-byte digest only, so a node sends about (n-1)*|payload| bytes per
+broadcast instead of Bracha's n*(n-1)*|payload|. Anything a peer does wrong becomes a
+:class:`~protocol.step.Fault` in the returned step; nothing here raises because of a peer.
+State per instance is bounded: one payload, one echo and one ready per node.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from protocol.crypto import EquivocationProof, SignatureScheme, digest
+from protocol.messages import Echo, Fetch, FetchReply, InstanceId, Ready, Send
+from protocol.step import Delivered, FaultKind, Step
+
+
+@dataclass(frozen=True, slots=True)
+class BroadcastParams:
+    n: int
+    f: int
+    me: int
+    session: bytes
+
+    @property
+    def echo_quorum(self) -> int:
+        """ECHOs that make a digest READY-worthy: any two such quorums share an honest node."""
+        return (self.n + self.f + 2) // 2  # ceil((n + f + 1) / 2)
+
+    @property
+    def ready_amplify(self) -> int:
+        """READYs that prove one honest node is ready: join it (gives totality)."""
+        return self.f + 1
+
+    @property
+    def deliver_quorum(self) -> int:
+        """READYs that make f+1 honest READYs certain: every honest node will deliver."""
+        return 2 * self.f + 1
+
+
+class BroadcastInstance:
+    """One reliable-broadcast instance, from this node's point of view."""
+
+    __slots__ = (
+        "_echo_counts",
+        "_echo_signatures",
+        "_echoes",
+        "_fetch_asked",
+        "_fetch_served",
+        "_params",
+        "_payload_bytes_max",
+        "_readies",
+        "_ready_counts",
+        "_scheme",
+        "_send_digest",
+        "_send_signature",
+        "delivered_digest",
+        "equivocation",
+        "iid",
+        "payload",
+    )
+
+    def __init__(
+        self,
+        iid: InstanceId,
+        params: BroadcastParams,
+        scheme: SignatureScheme,
+        payload_bytes_max: int,
+    ) -> None:
+        self.iid = iid
+        self._params = params
+        self._scheme = scheme
+        self._payload_bytes_max = payload_bytes_max
+        #: the payload whose digest we echoed (or fetched after delivering)
+        self.payload: bytes | memoryview | None = None
+        self._send_digest: bytes | None = None
+        self._send_signature = b""
+        self._echoes: dict[int, bytes] = {}
+        self._echo_counts: dict[bytes, int] = {}
+        #: the first (echoer, origin signature) per echoed digest: evidence against an
+        #: equivocating origin once our own SEND shows another digest
+        self._echo_signatures: dict[bytes, tuple[int, bytes]] = {}
+        self._readies: dict[int, bytes] = {}
+        self._ready_counts: dict[bytes, int] = {}
+        self.delivered_digest: bytes | None = None
+        self._fetch_asked: list[int] = []
+        self._fetch_served: set[int] = set()
+        self.equivocation: EquivocationProof | None = None
+
+    # ------------------------------------------------------------------ state queries
+
+    @property
+    def delivered(self) -> bool:
+        return self.delivered_digest is not None and self.payload is not None
+
+    @property
+    def sent_ready(self) -> bool:
+        return self._params.me in self._readies
+
+    def drop_payload(self) -> None:
+        """Free the payload (the instance is retired); late fetches for it go unanswered."""
+        self.payload = None
+
+    # ------------------------------------------------------------------ origin side
+
+    def send(self, payload: bytes) -> Step:
+        """Start this instance as its origin: sign and SEND to everyone."""
+        step = Step()
+        payload_digest = digest(payload)
+        signature = self._scheme.sign(self._params.session, self.iid, payload_digest)
+        step.broadcast(Send(self.iid, payload, signature))
+        step.extend(self._accept_send(payload, payload_digest, signature))
+        return step
+
+    # ------------------------------------------------------------------ inputs
+
+    def handle_send(self, sender: int, msg: Send) -> Step:
+        step = Step()
+        iid = self.iid
+        if sender != iid.origin:
+            step.fault(sender, FaultKind.NOT_ORIGIN, "SEND for another origin's instance", iid)
+            return step
+        if len(msg.payload) > self._payload_bytes_max:
+            step.fault(
+                sender,
+                FaultKind.OVERSIZE,
+                f"payload of {len(msg.payload)} bytes > {self._payload_bytes_max}",
+                iid,
+            )
+            return step
+        payload_digest = digest(msg.payload)
+        if not self._scheme.verify(self._params.session, iid, payload_digest, msg.signature):
+            step.fault(sender, FaultKind.BAD_SIGNATURE, "SEND signature does not verify", iid)
+            return step
+        if self._send_digest is not None:
+            if payload_digest == self._send_digest:
+                step.fault(sender, FaultKind.DUPLICATE, "SEND received twice", iid)
+            else:
+                self._record_equivocation(step, payload_digest, msg.signature)
+            return step
+        step.extend(self._accept_send(msg.payload, payload_digest, msg.signature))
+        return step
+
+    def handle_echo(self, sender: int, msg: Echo) -> Step:
+        step = Step()
+        previous = self._echoes.get(sender)
+        if previous is not None:
+            kind = FaultKind.DUPLICATE if previous == msg.digest else FaultKind.CONFLICTING_ECHO
+            step.fault(sender, kind, "second ECHO for one instance", self.iid)
+            return step
+        conflicts = self._send_digest is not None and msg.digest != self._send_digest
+        if conflicts and self._scheme.enabled:
+            # Either the origin equivocated (the echo carries its signature on another
+            # digest: a proof) or the echoer lies (the signature does not verify). With
+            # signatures off nobody can tell, so nobody is accused.
+            if not self._scheme.verify(
+                self._params.session, self.iid, msg.digest, msg.origin_signature
+            ):
+                step.fault(
+                    sender,
+                    FaultKind.BAD_SIGNATURE,
+                    "ECHO carries a forged origin signature",
+                    self.iid,
+                )
+                return step
+            self._record_equivocation(step, msg.digest, msg.origin_signature)
+        self._echoes[sender] = msg.digest
+        self._echo_signatures.setdefault(msg.digest, (sender, msg.origin_signature))
+        count = self._echo_counts.get(msg.digest, 0) + 1
+        self._echo_counts[msg.digest] = count
+        if count >= self._params.echo_quorum:
+            step.extend(self._send_ready(msg.digest))
+        return step
+
+    def handle_ready(self, sender: int, msg: Ready) -> Step:
+        step = Step()
+        previous = self._readies.get(sender)
+        if previous is not None:
+            kind = FaultKind.DUPLICATE if previous == msg.digest else FaultKind.CONFLICTING_READY
+            step.fault(sender, kind, "second READY for one instance", self.iid)
+            return step
+        step.extend(self._count_ready(sender, msg.digest))
+        return step
+
+    def handle_fetch(self, sender: int, msg: Fetch) -> Step:
+        step = Step()
+        if sender in self._fetch_served:
+            step.fault(sender, FaultKind.DUPLICATE, "FETCH asked twice", self.iid)
+        elif self._send_digest != msg.digest or self._params.me not in self._echoes:
+            step.fault(sender, FaultKind.BAD_FETCH, "FETCH for a digest we never echoed", self.iid)
+        elif self.payload is not None:
+            self._fetch_served.add(sender)
+            step.send(sender, FetchReply(self.iid, self.payload))
+        # else: retired and freed; an honest asker moves on to the next echoer.
+        return step
+
+    def handle_fetch_reply(self, sender: int, msg: FetchReply) -> Step:
+        step = Step()
+        if sender not in self._fetch_asked:
+            step.fault(sender, FaultKind.UNSOLICITED, "FETCH reply we did not ask for", self.iid)
+        elif self.payload is not None:
+            pass  # the SEND or an earlier reply won the race: nothing to do
+        elif digest(msg.payload) != self.delivered_digest:
+            step.fault(sender, FaultKind.FETCH_MISMATCH, "FETCH reply has another digest", self.iid)
+        else:
+            self.payload = msg.payload
+            step.outputs.append(Delivered(self.iid, msg.payload))
+        return step
+
+    def tick(self) -> Step:
+        """Ask the next echoer for a payload we delivered without holding."""
+        if self.delivered_digest is None or self.payload is not None:
+            return Step()
+        return self._fetch_next()
+
+    # ------------------------------------------------------------------ internals
+
+    def _accept_send(
+        self, payload: bytes | memoryview, payload_digest: bytes, signature: bytes
+    ) -> Step:
+        step = Step()
+        self._send_digest = payload_digest
+        self._send_signature = signature
+        if self.delivered_digest is None or self.delivered_digest == payload_digest:
+            self.payload = payload
+        if self._scheme.enabled:
+            for echoed, (echoer, echo_signature) in sorted(self._echo_signatures.items()):
+                if echoed == payload_digest or self.equivocation is not None:
+                    continue
+                if self._scheme.verify(self._params.session, self.iid, echoed, echo_signature):
+                    self._record_equivocation(step, echoed, echo_signature)
+                else:
+                    step.fault(
+                        echoer,
+                        FaultKind.BAD_SIGNATURE,
+                        "ECHO carried a forged origin signature",
+                        self.iid,
+                    )
+        step.broadcast(Echo(self.iid, payload_digest, signature))
+        step.extend(self._count_echo_self(payload_digest, signature))
+        if self.delivered_digest == payload_digest and self.payload is not None:
+            step.outputs.append(Delivered(self.iid, payload))
+        return step
+
+    def _count_echo_self(self, payload_digest: bytes, signature: bytes) -> Step:
+        me = self._params.me
+        if me in self._echoes:
+            return Step()
+        return self.handle_echo(me, Echo(self.iid, payload_digest, signature))
+
+    def _send_ready(self, ready_digest: bytes) -> Step:
+        step = Step()
+        if self.sent_ready:
+            return step
+        step.broadcast(Ready(self.iid, ready_digest))
+        step.extend(self._count_ready(self._params.me, ready_digest))
+        return step
+
+    def _count_ready(self, sender: int, ready_digest: bytes) -> Step:
+        step = Step()
+        self._readies[sender] = ready_digest
+        count = self._ready_counts.get(ready_digest, 0) + 1
+        self._ready_counts[ready_digest] = count
+        if count >= self._params.ready_amplify:
+            step.extend(self._send_ready(ready_digest))
+        if count >= self._params.deliver_quorum and self.delivered_digest is None:
+            self.delivered_digest = ready_digest
+            if self._send_digest == ready_digest and self.payload is not None:
+                step.outputs.append(Delivered(self.iid, self.payload))
+            else:
+                self.payload = None  # we hold another digest (equivocation) or nothing
+                step.extend(self._fetch_next())
+        return step
+
+    def _fetch_next(self) -> Step:
+        """Ask one more node that echoed the delivered digest; the origin first, then by
+        id starting after our own so that fetch load spreads over the echoers."""
+        step = Step()
+        wanted = self.delivered_digest
+        assert wanted is not None
+        n, me, origin = self._params.n, self._params.me, self.iid.origin
+        candidates = [origin] + [(me + k) % n for k in range(1, n)]
+        for node in candidates:
+            if node != me and self._echoes.get(node) == wanted and node not in self._fetch_asked:
+                self._fetch_asked.append(node)
+                step.send(node, Fetch(self.iid, wanted))
+                break
+        return step
+
+    def _record_equivocation(self, step: Step, other_digest: bytes, other_signature: bytes) -> None:
+        if self.equivocation is not None or self._send_digest is None:
+            return
+        proof = EquivocationProof(
+            self._params.session,
+            self.iid,
+            self._send_digest,
+            self._send_signature,
+            other_digest,
+            other_signature,
+        )
+        self.equivocation = proof
+        step.fault(
+            self.iid.origin,
+            FaultKind.EQUIVOCATION,
+            "origin signed two payloads for one instance",
+            self.iid,
+            proof if self._scheme.enabled else None,
+        )

@@ -1,0 +1,92 @@
+"""Every message jungle nodes exchange, as frozen, slotted records.
+
+A reliable-broadcast instance is named by :class:`InstanceId` = (origin, tag), and a
+:class:`Tag` names what is being broadcast: which learning step, which phase of that step
+(the gradient or the model), which agreement round, and whether the payload is the
+origin's vector or its REPORT of the vectors it holds (DESIGN 4.2).
+
+Only :mod:`protocol.codec` turns bytes into these objects, so that one place can be
+fuzzed; nothing here parses anything.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import IntEnum
+
+DIGEST_BYTES = 32
+SIGNATURE_BYTES = 64
+
+
+class Phase(IntEnum):
+    """What one averaging-agreement instance of a learning step agrees on (DESIGN 4.3)."""
+
+    GRADIENT = 0
+    MODEL = 1
+
+
+class Kind(IntEnum):
+    """What a reliable broadcast inside an agreement round carries (DESIGN 4.2)."""
+
+    VECTOR = 0  # the origin's current vector x_i
+    REPORT = 1  # the set of origins whose valid vectors the origin holds
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class Tag:
+    step: int
+    phase: int
+    round: int
+    kind: int
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class InstanceId:
+    origin: int
+    tag: Tag
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    """SEND(id, payload), signed by the origin over (session, id, digest(payload))."""
+
+    iid: InstanceId
+    payload: bytes | memoryview
+    signature: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Echo:
+    """ECHO(id, digest). Carries the origin's signature over that digest, so that a node
+    holding a SEND with another digest gets an offline-verifiable equivocation proof."""
+
+    iid: InstanceId
+    digest: bytes
+    origin_signature: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Ready:
+    """READY(id, digest)."""
+
+    iid: InstanceId
+    digest: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Fetch:
+    """Ask a node that echoed `digest` for the payload (we delivered without holding it)."""
+
+    iid: InstanceId
+    digest: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class FetchReply:
+    """The payload asked for by a :class:`Fetch`; the asker checks its digest."""
+
+    iid: InstanceId
+    payload: bytes | memoryview
+
+
+Message = Send | Echo | Ready | Fetch | FetchReply

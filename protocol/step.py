@@ -1,0 +1,120 @@
+"""What a protocol core returns for every input: messages to send, outputs, faults.
+
+This is hbbft's ``Step``: cores never perform effects and never raise because of a peer.
+Misbehaviour is returned as a :class:`Fault` naming the accused node, with evidence where
+a third party can check it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+import numpy as np
+
+from protocol.crypto import EquivocationProof
+from protocol.messages import InstanceId, Message
+
+#: ``Outgoing.to`` value meaning "every other node".
+EVERYONE = -1
+#: ``Fault.accused`` value for a sender outside the roster.
+UNKNOWN_NODE = -1
+
+
+class FaultKind(StrEnum):
+    MALFORMED = "malformed"  # bytes that do not decode
+    UNKNOWN_SENDER = "unknown_sender"  # sender id outside the roster
+    NOT_ORIGIN = "not_origin"  # a SEND from someone other than the instance's origin
+    BAD_SIGNATURE = "bad_signature"  # origin signature does not verify
+    EQUIVOCATION = "equivocation"  # origin signed two digests for one instance (with proof)
+    DUPLICATE = "duplicate"  # the same SEND/ECHO/READY/FETCH twice
+    CONFLICTING_ECHO = "conflicting_echo"  # two different ECHOs for one instance
+    CONFLICTING_READY = "conflicting_ready"  # two different READYs for one instance
+    OVERSIZE = "oversize"  # payload larger than the instance allows
+    BAD_TAG = "bad_tag"  # phase/round/kind that cannot exist
+    FAR_AHEAD = "far_ahead"  # a step beyond the acceptance window (DESIGN 4.4)
+    BAD_FETCH = "bad_fetch"  # asks for a payload we never echoed
+    UNSOLICITED = "unsolicited"  # a fetch reply we did not ask that node for
+    FETCH_MISMATCH = "fetch_mismatch"  # a fetch reply whose digest is not the delivered one
+    BAD_VECTOR = "bad_vector"  # delivered vector: undecodable, wrong dtype/length, NaN/Inf
+    BAD_REPORT = "bad_report"  # delivered REPORT: undecodable or fewer than n-f origins
+
+
+@dataclass(frozen=True, slots=True)
+class Fault:
+    accused: int
+    kind: FaultKind
+    detail: str
+    iid: InstanceId | None = None
+    evidence: EquivocationProof | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """Send ``message`` to node ``to``, or to every other node when ``to == EVERYONE``."""
+
+    to: int
+    message: Message
+
+
+@dataclass(frozen=True, slots=True)
+class Delivered:
+    """Reliable broadcast delivered ``payload`` for ``iid`` (internal to the core)."""
+
+    iid: InstanceId
+    payload: bytes | memoryview
+
+
+@dataclass(frozen=True, slots=True)
+class RoundStarted:
+    """This node entered ``round`` of agreement (step, phase) holding ``vector``."""
+
+    step: int
+    phase: int
+    round: int
+    vector: np.ndarray
+
+
+@dataclass(frozen=True, slots=True)
+class Decided:
+    """Agreement (step, phase) finished at this node with ``vector``."""
+
+    step: int
+    phase: int
+    vector: np.ndarray
+
+
+Output = Delivered | RoundStarted | Decided
+
+
+@dataclass(slots=True)
+class Step:
+    """Accumulates one input's consequences. Mutable while a core builds it."""
+
+    messages: list[Outgoing] = field(default_factory=list)
+    outputs: list[Output] = field(default_factory=list)
+    faults: list[Fault] = field(default_factory=list)
+
+    def send(self, to: int, message: Message) -> None:
+        self.messages.append(Outgoing(to, message))
+
+    def broadcast(self, message: Message) -> None:
+        self.messages.append(Outgoing(EVERYONE, message))
+
+    def fault(
+        self,
+        accused: int,
+        kind: FaultKind,
+        detail: str,
+        iid: InstanceId | None = None,
+        evidence: EquivocationProof | None = None,
+    ) -> None:
+        self.faults.append(Fault(accused, kind, detail, iid, evidence))
+
+    def extend(self, other: Step) -> None:
+        self.messages += other.messages
+        self.outputs += other.outputs
+        self.faults += other.faults
+
+    def __bool__(self) -> bool:
+        return bool(self.messages or self.outputs or self.faults)
