@@ -1,0 +1,199 @@
+"""Averaging agreement: contraction, validity, the witness step's necessity, bounds."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+
+from protocol.agreement import AveragingAgreement
+from protocol.codec import encode, peek
+from protocol.core import GradientSchedule, NodeCore, RoundSchedule
+from protocol.messages import InstanceId, Ready, Tag
+from protocol.step import Decided, FaultKind, Step
+from tests.byzantine import Equivocate, Silent, behaviour_by_name, fixed_value
+from tests.cluster import Adversary, Cluster, InFlight, RandomDelays, honest_diameter
+
+ROUNDS = 5
+SYSTEMS = [(4, 1), (7, 2), (10, 3), (13, 4)]
+
+
+def schedule(rounds: int = ROUNDS) -> RoundSchedule:
+    return RoundSchedule(GradientSchedule.CONSTANT, gradient_rounds=rounds)
+
+
+def diameters(cluster: Cluster, rounds: int) -> list[float]:
+    """Honest diameter at the start of each round, then of the decisions."""
+    per_round = [
+        honest_diameter(cluster.nodes[i].rounds[(0, 0)][r] for i in cluster.honest)
+        for r in range(rounds)
+    ]
+    return [*per_round, honest_diameter(cluster.nodes[i].decided[(0, 0)] for i in cluster.honest)]
+
+
+def attacked_cluster(n: int, f: int, seed: int, dim: int = 6) -> tuple[Cluster, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    byz_ids = sorted(random.Random(seed).sample(range(n), f))
+    # the strongest value attack: pull every Byzantine vector to one far extreme
+    behaviours = {i: fixed_value(1e6 if k % 2 else -1e6) for k, i in enumerate(byz_ids)}
+    if f >= 2:
+        behaviours[byz_ids[0]] = Equivocate()
+    cluster = Cluster(
+        n, f, dim=dim, adversary=RandomDelays(seed), behaviours=behaviours, schedule=schedule()
+    )
+    inputs = rng.standard_normal((n, dim)).astype(np.float32) * 10
+    cluster.propose(0, 0, {i: inputs[i] for i in range(n)})
+    cluster.run()
+    return cluster, inputs
+
+
+@pytest.mark.parametrize(("n", "f"), SYSTEMS)
+def test_diameter_shrinks_and_outputs_stay_in_the_honest_range(n: int, f: int) -> None:
+    for seed in range(10):
+        cluster, inputs = attacked_cluster(n, f, seed)
+        honest_inputs = inputs[cluster.honest]
+        lo, hi = honest_inputs.min(axis=0), honest_inputs.max(axis=0)
+        diams = diameters(cluster, ROUNDS)
+        for r in range(ROUNDS):
+            assert diams[r + 1] < diams[r] or diams[r + 1] == 0.0, (seed, diams)
+        for i in cluster.honest:
+            for vector in [*cluster.nodes[i].rounds[(0, 0)], cluster.nodes[i].decided[(0, 0)]]:
+                assert np.all(vector >= lo) and np.all(vector <= hi), (n, f, seed)
+        assert cluster.accused() <= set(cluster.byzantine), seed
+
+
+def test_every_bad_vector_is_dropped_identically_and_accused() -> None:
+    n, f = 7, 2
+    behaviours = {5: behaviour_by_name("wrong_length", 5), 6: behaviour_by_name("non_finite", 6)}
+    cluster = Cluster(n, f, adversary=Adversary(3), behaviours=behaviours, schedule=schedule(2))
+    cluster.propose(0, 0, {i: np.full(4, float(i), np.float32) for i in range(n)})
+    cluster.run()
+    for i in cluster.honest:
+        agreement = cluster.nodes[i].core.agreement(0, 0)
+        assert agreement is not None
+        assert set(agreement.held(0)) == set(cluster.honest)
+        kinds = {(fault.kind, fault.accused) for fault in cluster.nodes[i].faults}
+        assert (FaultKind.BAD_VECTOR, 5) in kinds and (FaultKind.BAD_VECTOR, 6) in kinds
+    decided = [cluster.nodes[i].decided[(0, 0)] for i in cluster.honest]
+    assert honest_diameter(decided) == 0.0  # every honest node held exactly the honest five
+
+
+class NaiveAgreement(AveragingAgreement):
+    """The broken variant: aggregate the first n-f vectors delivered, no witnesses."""
+
+    def _complete_round(self) -> Step | None:
+        round_ = self.current_round
+        if round_ is None or round_ >= self.rounds:
+            return None
+        held = self._rounds[round_].held
+        quorum = self._params.witness_quorum
+        if len(held) < quorum:
+            return None
+        first = np.stack(list(held.values())[:quorum])
+        vector = self._params.aggregator(first, self._params.broadcast.f)
+        if round_ + 1 < self.rounds:
+            return self._enter_round(round_ + 1, vector)
+        self.current_round = self.rounds
+        self.decision = vector
+        step = Step()
+        step.outputs.append(Decided(self.step, self.phase, vector))
+        return step
+
+
+class NaiveCore(NodeCore):
+    agreement_class = NaiveAgreement
+
+
+class KeepApart(Adversary):
+    """Fair, but delivers some vectors to some nodes only when nothing else is in flight:
+    origin 2's to nodes 0 and 1, origin 1's to node 2. Honest nodes 0, 1 start at 0,
+    node 2 at 1, and the Byzantine node 3 always proposes 1."""
+
+    held_back = {(2, 0), (2, 1), (1, 2)}  # (origin, destination)
+
+    def __init__(self, seed: int) -> None:
+        super().__init__(seed)
+        self._late: list[InFlight] = []
+
+    def push(self, item: InFlight) -> None:
+        kind, tag = peek(item.data)
+        if tag and tag[4] == 0 and (tag[0], item.dst) in self.held_back:
+            self._late.append(item)
+        else:
+            super().push(item)
+
+    def pop(self) -> InFlight:
+        if super().__len__():
+            return super().pop()
+        # Release the vectors kept from group {0, 1} first: node 2 needs their echoes for
+        # its own vector, while 0 and 1 have already aggregated without node 2's.
+        order = sorted(range(len(self._late)), key=lambda k: (self._late[k].dst == 2, k))
+        return self._late.pop(order[0])
+
+    def __len__(self) -> int:
+        return super().__len__() + len(self._late)
+
+
+def split_run(core_factory: type[NodeCore], rounds: int = 8) -> list[float]:
+    cluster = Cluster(
+        4,
+        1,
+        dim=1,
+        adversary=KeepApart(0),
+        behaviours={3: fixed_value(1.0)},
+        schedule=schedule(rounds),
+        core_factory=core_factory,
+    )
+    start = {0: 0.0, 1: 0.0, 2: 1.0, 3: 1.0}
+    cluster.propose(0, 0, {i: np.full(1, v, np.float32) for i, v in start.items()})
+    cluster.run()
+    return diameters(cluster, rounds)
+
+
+def test_without_witnesses_a_scheduler_keeps_two_honest_groups_apart_forever() -> None:
+    diams = split_run(NaiveCore)
+    assert diams == [1.0] * len(diams)  # never moves
+
+
+def test_with_witnesses_the_same_scheduler_cannot() -> None:
+    diams = split_run(NodeCore)
+    assert diams[0] == 1.0
+    for before, after in zip(diams, diams[1:], strict=False):
+        assert after < before or after == 0.0
+    assert diams[-1] < 0.01
+
+
+def test_far_ahead_tags_are_faults_and_nothing_is_buffered() -> None:
+    cluster = Cluster(4, 1, behaviours={3: behaviour_by_name("far_ahead", 0)}, schedule=schedule(1))
+    cluster.propose(0, 0, {i: np.zeros(4, np.float32) for i in range(4)})
+    cluster.run()
+    for i in cluster.honest:
+        core = cluster.nodes[i].core
+        assert core.statistics().faults[FaultKind.FAR_AHEAD.value] == {3: pytest.approx(10, abs=10)}
+        assert core.agreement(1000, 0) is None
+        assert core.statistics().live_instances == 1
+
+
+def test_retired_instances_free_their_payloads_and_late_messages_are_stale() -> None:
+    n, f = 4, 1
+    cluster = Cluster(n, f, schedule=schedule(1))
+    cluster.propose(0, 0, {i: np.zeros(4, np.float32) for i in range(n)})
+    cluster.run()
+    core = cluster.nodes[0].core
+    agreement = core.agreement(0, 0)
+    assert agreement is not None and agreement.deliveries()
+    core.advance_to(0 + core.config.steps_retained + 1)
+    assert core.agreement(0, 0) is None
+    assert not agreement.deliveries()  # payloads dropped
+    late = encode(Ready(InstanceId(1, Tag(0, 0, 0, 0)), b"\0" * 32))
+    assert not core.receive(1, late)
+    assert core.statistics().stale_messages == 1
+
+
+def test_silent_byzantine_nodes_do_not_block_progress() -> None:
+    n, f = 10, 3
+    cluster = Cluster(n, f, adversary=RandomDelays(1), behaviours={i: Silent() for i in (1, 4, 7)})
+    cluster.propose(0, 0, {i: np.full(4, float(i), np.float32) for i in range(n)})
+    cluster.run()
+    assert all((0, 0) in cluster.nodes[i].decided for i in cluster.honest)
