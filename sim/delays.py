@@ -1,0 +1,270 @@
+"""Message delay models for the virtual network, and the keyed uniforms that drive them.
+
+A delay model is a pure function of one uniform number: ``sample(u)`` is its inverse CDF.
+The network draws that ``u`` from the message's own key (seed, src, dst, seq) with
+:func:`keyed_uniform`, so a message's delay does not depend on what else was sent before it
+or in which order trio happened to run anything (DESIGN section 6, rules 1 and 2).
+
+Each model names the statistic it is built around after the *whole* delay: an
+``Exponential(mean_s=0.05, min_s=0.01)`` has a mean of 50 ms, a
+``LogNormal(median_s=0.05, sigma=0.5, min_s=0.01)`` a median of 50 ms, so figures in a
+scenario file read as what they are.
+
+Models are also written in scenario files, either as a table
+(``{model = "lognormal", median_s = 0.05, sigma = 0.5}``) or as a short string
+(``"lognormal median_s=0.05 sigma=0.5"``, or a bare number for a constant delay);
+:func:`parse_delay` reads both.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import struct
+from collections.abc import Mapping
+from dataclasses import MISSING, dataclass, fields
+from statistics import NormalDist
+from typing import Protocol, runtime_checkable
+
+__all__ = [
+    "Constant",
+    "DelayModel",
+    "DelaySpecError",
+    "Exponential",
+    "KeyedUniforms",
+    "LogNormal",
+    "Uniform",
+    "derive_uniform",
+    "keyed_uniform",
+    "parse_delay",
+]
+
+_STANDARD_NORMAL = NormalDist()
+_FLOAT_BITS = 53
+_SCALE_53 = 2.0**-_FLOAT_BITS
+_DIGEST_TO_FLOAT_SHIFT = 64 - _FLOAT_BITS
+#: blake2b keys are at most 64 bytes; seeds (e.g. SeedSequence entropy) fit easily.
+_SEED_BYTES = 64
+_INT64 = struct.Struct("<q")
+
+
+@runtime_checkable
+class DelayModel(Protocol):
+    """Anything that turns one uniform draw in (0, 1) into a delay in seconds."""
+
+    def sample(self, u: float) -> float: ...
+
+
+def _seed_key(seed: int) -> bytes:
+    if not 0 <= seed < 2 ** (8 * _SEED_BYTES):
+        raise ValueError(f"seed must be in [0, 2**512), got {seed}")
+    return seed.to_bytes(_SEED_BYTES, "little")
+
+
+def _to_unit_interval(digest: bytes) -> float:
+    """The top 53 bits of an 8-byte digest, centred in their cell: strictly inside (0, 1)."""
+    return ((int.from_bytes(digest, "little") >> _DIGEST_TO_FLOAT_SHIFT) + 0.5) * _SCALE_53
+
+
+class KeyedUniforms:
+    """:func:`keyed_uniform` for one fixed seed, with the keyed hasher built once.
+
+    The network draws one of these per message, so the seed's key schedule is paid once
+    per network instead of once per message.
+    """
+
+    __slots__ = ("_hasher", "_packers")
+
+    def __init__(self, seed: int) -> None:
+        self._hasher = hashlib.blake2b(digest_size=8, key=_seed_key(seed))
+        self._packers: dict[int, struct.Struct] = {}
+
+    def __call__(self, *key: int) -> float:
+        packer = self._packers.get(len(key))
+        if packer is None:
+            packer = self._packers.setdefault(len(key), struct.Struct(f"<{len(key)}q"))
+        hasher = self._hasher.copy()
+        hasher.update(packer.pack(*key))
+        # _to_unit_interval, inlined: this runs for every message.
+        return (
+            (int.from_bytes(hasher.digest(), "little") >> _DIGEST_TO_FLOAT_SHIFT) + 0.5
+        ) * _SCALE_53
+
+
+def keyed_uniform(seed: int, *key: int) -> float:
+    """A uniform float in (0, 1) that is a pure function of ``(seed, *key)``.
+
+    Counter-based, like Philox or Threefry: no generator state, so draws never depend on
+    the order in which they are made. ``blake2b`` keyed with the seed hashes the key ints
+    (each a signed 64-bit int, packed little-endian); keys of different lengths are
+    different inputs, so ``(1, 2)`` and ``(1, 2, 0)`` give independent draws. The result is
+    never exactly 0 or 1, so inverse CDFs like ``-log(1 - u)`` stay finite.
+    """
+    return KeyedUniforms(seed)(*key)
+
+
+def derive_uniform(u: float, index: int) -> float:
+    """A further uniform in (0, 1) derived from the draw ``u``, independent-looking for each
+    ``index``.
+
+    A scheduler is handed one uniform per message; one that needs more randomness (a
+    jitter on top of a delay, a coin for a drop-and-resend) derives it here, which keeps
+    it a deterministic function of the message's own draw.
+    """
+    digest = hashlib.blake2b(
+        struct.pack("<dq", u, index), digest_size=8, person=b"jungle-derive"
+    ).digest()
+    return _to_unit_interval(digest)
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ValueError(message)
+
+
+def _finite_nonnegative(name: str, value: float) -> None:
+    _require(math.isfinite(value) and value >= 0.0, f"{name} must be finite and >= 0, got {value}")
+
+
+@dataclass(frozen=True, slots=True)
+class Constant:
+    """Every message takes exactly ``delay_s``: links are FIFO, nothing is reordered."""
+
+    delay_s: float
+
+    def __post_init__(self) -> None:
+        _finite_nonnegative("delay_s", self.delay_s)
+
+    def sample(self, u: float) -> float:
+        return self.delay_s
+
+
+@dataclass(frozen=True, slots=True)
+class Uniform:
+    """Delays spread evenly over ``[low_s, high_s]``."""
+
+    low_s: float
+    high_s: float
+
+    def __post_init__(self) -> None:
+        _finite_nonnegative("low_s", self.low_s)
+        _finite_nonnegative("high_s", self.high_s)
+        _require(self.low_s <= self.high_s, f"need low_s <= high_s, got {self}")
+
+    def sample(self, u: float) -> float:
+        return self.low_s + (self.high_s - self.low_s) * u
+
+
+@dataclass(frozen=True, slots=True)
+class Exponential:
+    """``min_s`` of propagation plus a memoryless queueing tail; the whole delay has mean
+    ``mean_s``."""
+
+    mean_s: float
+    min_s: float = 0.0
+
+    def __post_init__(self) -> None:
+        _finite_nonnegative("mean_s", self.mean_s)
+        _finite_nonnegative("min_s", self.min_s)
+        _require(self.min_s <= self.mean_s, f"need min_s <= mean_s, got {self}")
+
+    def sample(self, u: float) -> float:
+        return self.min_s - (self.mean_s - self.min_s) * math.log1p(-u)
+
+
+@dataclass(frozen=True, slots=True)
+class LogNormal:
+    """``min_s`` plus a log-normal tail, the usual fit for wide-area latencies; the whole
+    delay has median ``median_s``, and ``sigma`` is the spread of its logarithm."""
+
+    median_s: float
+    sigma: float
+    min_s: float = 0.0
+
+    def __post_init__(self) -> None:
+        _finite_nonnegative("median_s", self.median_s)
+        _finite_nonnegative("sigma", self.sigma)
+        _finite_nonnegative("min_s", self.min_s)
+        _require(self.min_s <= self.median_s, f"need min_s <= median_s, got {self}")
+
+    def sample(self, u: float) -> float:
+        z = _STANDARD_NORMAL.inv_cdf(u)
+        return self.min_s + (self.median_s - self.min_s) * math.exp(self.sigma * z)
+
+
+class DelaySpecError(ValueError):
+    """A delay model written in a scenario cannot be built; the message says why."""
+
+
+_MODELS: dict[str, type[Constant | Uniform | Exponential | LogNormal]] = {
+    "constant": Constant,
+    "uniform": Uniform,
+    "exponential": Exponential,
+    "lognormal": LogNormal,
+}
+
+
+def _parse_string(spec: str) -> dict[str, object]:
+    words = spec.split()
+    if not words:
+        raise DelaySpecError("empty delay spec")
+    if len(words) == 1:
+        try:
+            return {"model": "constant", "delay_s": float(words[0])}
+        except ValueError:
+            pass
+    table: dict[str, object] = {"model": words[0]}
+    for word in words[1:]:
+        name, sep, value = word.partition("=")
+        if not sep:
+            raise DelaySpecError(f"expected key=value in delay spec {spec!r}, got {word!r}")
+        table[name] = value
+    return table
+
+
+def parse_delay(spec: Mapping[str, object] | str | float) -> DelayModel:
+    """Build a delay model from a scenario value.
+
+    Accepted forms: a number (a constant delay in seconds); a string such as
+    ``"exponential mean_s=0.02 min_s=0.005"``; a table such as
+    ``{"model": "uniform", "low_s": 0.01, "high_s": 0.03}``. Raises
+    :class:`DelaySpecError` naming the unknown model, the unknown or missing parameter, or
+    the violated range.
+    """
+    if isinstance(spec, int | float) and not isinstance(spec, bool):
+        table: Mapping[str, object] = {"model": "constant", "delay_s": spec}
+    elif isinstance(spec, str):
+        table = _parse_string(spec)
+    elif isinstance(spec, Mapping):
+        table = spec
+    else:
+        raise DelaySpecError(f"a delay spec is a number, string or table, got {spec!r}")
+    name = table.get("model")
+    model = _MODELS.get(name) if isinstance(name, str) else None
+    if model is None:
+        raise DelaySpecError(
+            f"unknown delay model {name!r} in {spec!r}; known models: {', '.join(sorted(_MODELS))}"
+        )
+    accepted = {f.name for f in fields(model)}
+    required = {f.name for f in fields(model) if f.default is MISSING}
+    given = {key for key in table if key != "model"}
+    if unknown := sorted(given - accepted):
+        raise DelaySpecError(
+            f"{name} delay does not take {', '.join(unknown)}; "
+            f"it takes {', '.join(sorted(accepted))}"
+        )
+    if missing := sorted(required - given):
+        raise DelaySpecError(f"{name} delay needs {', '.join(missing)} (in {spec!r})")
+    params: dict[str, float] = {}
+    for key in sorted(given):
+        value = table[key]
+        if isinstance(value, bool) or not isinstance(value, int | float | str):
+            raise DelaySpecError(f"{name} delay: {key} must be a number, got {value!r}")
+        try:
+            params[key] = float(value)
+        except ValueError:
+            raise DelaySpecError(f"{name} delay: {key} must be a number, got {value!r}") from None
+    try:
+        return model(**params)
+    except ValueError as error:
+        raise DelaySpecError(f"{name} delay: {error}") from None

@@ -1,0 +1,497 @@
+"""The simulator's virtual network: every node's transport, one event heap, virtual time.
+
+Each simulated node talks through a :class:`VirtualEndpoint`, which implements the same
+:class:`~node.interfaces.Transport` as the real TCP transport. ``send_nowait`` asks the
+:class:`~sim.schedulers.Scheduler` for the message's delay and pushes it on the network's
+single heap; :meth:`VirtualNetwork.run` pops events one at a time and calls the destination
+runner's ``deliver``. The whole simulation is that one loop, sleeping in trio virtual time
+(``MockClock(autojump_threshold=0)``) whenever the next event lies in the future.
+
+Determinism (DESIGN section 6) comes from structure, not luck:
+
+- a message's delay is drawn from its own key ``(seed, src, dst, seq)``, ``seq`` counting
+  per link, so it never depends on the order other messages were sent in;
+- the heap orders events by ``(time_s, dst, src, seq, copy)``, a total order (timers use
+  ``src = -1`` and their timer id as ``seq``), so ties break the same way on every run;
+- one event is handled at a time, and every delay is at least :data:`MIN_DELAY_S`, so a
+  message is never delivered in the instant it was sent;
+- a blake3 trace digest folds in every event and every recorded output: same seed, same
+  digest. Each event adds ``pack("<Bdqqqqq", event, time_s, dst, src, seq, copy, size)``,
+  then, for deliveries and outputs, the bytes themselves.
+"""
+
+from __future__ import annotations
+
+import enum
+import heapq
+import math
+import struct
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+import blake3
+import trio
+
+from node.interfaces import TransportStatistics
+from sim.delays import KeyedUniforms
+from sim.schedulers import COPIES_MAX, MessageMeta, Scheduler
+
+__all__ = [
+    "MIN_DELAY_S",
+    "NetworkStatistics",
+    "RunResult",
+    "StopReason",
+    "VirtualEndpoint",
+    "VirtualNetwork",
+    "VirtualTransportStatistics",
+]
+
+#: Floor on every delay, so that nothing is delivered in the instant it was sent.
+MIN_DELAY_S = 1e-6
+#: Events handled at one virtual instant between two trio checkpoints (cancellation points).
+_EVENTS_PER_CHECKPOINT = 1024
+#: Key suffix of the draw that decides a message's number of copies; copy k >= 1 draws
+#: its delay with suffix k, the original with none.
+_COPIES_DRAW = -1
+_TIMER_SRC = -1
+
+# Trace digest event markers.
+_DELIVERED, _DUPLICATE, _DISCARDED, _TIMER, _OUTPUT = range(5)
+_TRACE_RECORD = struct.Struct("<Bdqqqqq")
+
+Classifier = Callable[[bytes], tuple[str, tuple[int, ...]]]
+#: A heap entry: (time_s, dst, src, seq, copy, data, kind). For a timer: (time_s, node,
+#: -1, timer_id, firing_index, b"", "").
+_Event = tuple[float, int, int, int, int, bytes, str]
+
+
+def _unclassified(data: bytes) -> tuple[str, tuple[int, ...]]:
+    return "msg", ()
+
+
+class StopReason(enum.Enum):
+    """Why :meth:`VirtualNetwork.run` returned."""
+
+    UNTIL = "until"  #: the caller's ``until()`` became true
+    QUIESCENT = "quiescent"  #: no message in flight and no timer left
+    TIME_LIMIT = "time_limit"  #: the next event lies past ``time_limit_s``
+
+
+@dataclass(frozen=True, slots=True)
+class RunResult:
+    """The outcome of one :meth:`VirtualNetwork.run` call; counts are for that call."""
+
+    reason: StopReason
+    now_s: float
+    events_processed: int
+    messages_delivered: int
+
+
+@dataclass(frozen=True, slots=True)
+class VirtualTransportStatistics(TransportStatistics):
+    """A virtual endpoint's counters: the real transport's, plus per-kind and duplicates.
+
+    ``messages_dropped`` counts sends attempted by this node after it crashed.
+    """
+
+    messages_sent_by_peer: Mapping[int, int] = field(default_factory=dict)
+    messages_received_by_peer: Mapping[int, int] = field(default_factory=dict)
+    bytes_sent_by_kind: Mapping[str, int] = field(default_factory=dict)
+    messages_sent_by_kind: Mapping[str, int] = field(default_factory=dict)
+    bytes_received_by_kind: Mapping[str, int] = field(default_factory=dict)
+    messages_received_by_kind: Mapping[str, int] = field(default_factory=dict)
+    #: extra copies that reached this node and were dropped by (src, seq)
+    duplicates_dropped: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class NetworkStatistics:
+    """Counters of the whole network since it was built."""
+
+    now_s: float
+    events_processed: int
+    messages_sent: int
+    bytes_sent: int
+    messages_delivered: int
+    bytes_delivered: int
+    #: extra copies the scheduler asked for (each is dropped at its destination)
+    copies_injected: int
+    duplicates_dropped: int
+    #: messages that reached a crashed node
+    messages_discarded: int
+    timer_firings: int
+    #: events (messages, copies, timers) still on the heap
+    events_pending: int
+    bytes_sent_by_kind: Mapping[str, int]
+    messages_sent_by_kind: Mapping[str, int]
+
+
+def _add(counts: dict[str, int], key: str, amount: int) -> None:
+    counts[key] = counts.get(key, 0) + amount
+
+
+class VirtualEndpoint:
+    """One node's view of the virtual network; implements ``node.interfaces.Transport``.
+
+    Receiving deduplicates by (src, seq) as the real transport does: per source, a low
+    watermark below which every seq was delivered, plus the set of seqs delivered above
+    it, which stays as small as the link's reordering.
+    """
+
+    __slots__ = (
+        "_bytes_received_by_kind",
+        "_bytes_received_from",
+        "_bytes_sent_by_kind",
+        "_bytes_sent_to",
+        "_delivered_above",
+        "_delivered_below",
+        "_duplicates_dropped",
+        "_messages_dropped",
+        "_messages_received_by_kind",
+        "_messages_received_from",
+        "_messages_sent_by_kind",
+        "_messages_sent_to",
+        "_network",
+        "node_id",
+    )
+
+    def __init__(self, network: VirtualNetwork, node_id: int) -> None:
+        n = network.n
+        self._network = network
+        self.node_id = node_id
+        self._messages_sent_to = [0] * n  # also the next seq on each link
+        self._bytes_sent_to = [0] * n
+        self._messages_received_from = [0] * n
+        self._bytes_received_from = [0] * n
+        self._bytes_sent_by_kind: dict[str, int] = {}
+        self._messages_sent_by_kind: dict[str, int] = {}
+        self._bytes_received_by_kind: dict[str, int] = {}
+        self._messages_received_by_kind: dict[str, int] = {}
+        self._delivered_below = [0] * n
+        self._delivered_above: list[set[int]] = [set() for _ in range(n)]
+        self._duplicates_dropped = 0
+        self._messages_dropped = 0
+
+    def send_nowait(self, dst: int, data: bytes) -> None:
+        """Queue ``data`` for ``dst``; it arrives after the scheduler's delay."""
+        network = self._network
+        if not 0 <= dst < network.n or dst == self.node_id:
+            raise ValueError(f"node {self.node_id} has no link to {dst!r} (n={network.n})")
+        if network.is_crashed(self.node_id):
+            self._messages_dropped += 1
+            return
+        if type(data) is not bytes:
+            data = bytes(data)  # never hold a buffer the sender may still mutate
+        seq = self._messages_sent_to[dst]
+        self._messages_sent_to[dst] = seq + 1
+        size_bytes = len(data)
+        self._bytes_sent_to[dst] += size_bytes
+        kind, tag = network._classify(data)
+        _add(self._bytes_sent_by_kind, kind, size_bytes)
+        _add(self._messages_sent_by_kind, kind, 1)
+        meta = MessageMeta(self.node_id, dst, seq, kind, tag, size_bytes, network.now_s)
+        network._schedule(meta, data)
+
+    def _accept(self, src: int, seq: int) -> bool:
+        """Whether (src, seq) is new here; marks it delivered if so."""
+        below = self._delivered_below[src]
+        if seq < below:
+            return False
+        above = self._delivered_above[src]
+        if seq != below:
+            if seq in above:
+                return False
+            above.add(seq)
+            return True
+        below += 1
+        while below in above:
+            above.remove(below)
+            below += 1
+        self._delivered_below[src] = below
+        return True
+
+    def _count_received(self, src: int, kind: str, size_bytes: int) -> None:
+        self._messages_received_from[src] += 1
+        self._bytes_received_from[src] += size_bytes
+        _add(self._bytes_received_by_kind, kind, size_bytes)
+        _add(self._messages_received_by_kind, kind, 1)
+
+    def statistics(self) -> VirtualTransportStatistics:
+        peers = [peer for peer in range(self._network.n) if peer != self.node_id]
+        return VirtualTransportStatistics(
+            bytes_sent=sum(self._bytes_sent_to),
+            bytes_received=sum(self._bytes_received_from),
+            messages_sent=sum(self._messages_sent_to),
+            messages_received=sum(self._messages_received_from),
+            messages_dropped=self._messages_dropped,
+            bytes_sent_by_peer={peer: self._bytes_sent_to[peer] for peer in peers},
+            bytes_received_by_peer={peer: self._bytes_received_from[peer] for peer in peers},
+            messages_sent_by_peer={peer: self._messages_sent_to[peer] for peer in peers},
+            messages_received_by_peer={peer: self._messages_received_from[peer] for peer in peers},
+            bytes_sent_by_kind=dict(sorted(self._bytes_sent_by_kind.items())),
+            messages_sent_by_kind=dict(sorted(self._messages_sent_by_kind.items())),
+            bytes_received_by_kind=dict(sorted(self._bytes_received_by_kind.items())),
+            messages_received_by_kind=dict(sorted(self._messages_received_by_kind.items())),
+            duplicates_dropped=self._duplicates_dropped,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class _Timer:
+    node: int
+    interval_s: float
+    start_s: float
+    fn: Callable[[float], None]
+
+
+class VirtualNetwork:
+    """n nodes, reliable links with scheduled delays, one delivery loop in virtual time.
+
+    ``classify`` maps message bytes to ``(kind, tag)`` for the scheduler and the per-kind
+    counters; it is the engine's (it knows the codec) and must not raise.
+    """
+
+    def __init__(
+        self,
+        n: int,
+        seed: int,
+        scheduler: Scheduler,
+        classify: Classifier | None = None,
+    ) -> None:
+        if n < 1:
+            raise ValueError(f"a network needs at least one node, got n={n}")
+        self.n = n
+        self.seed = seed
+        self.scheduler = scheduler
+        self._classify: Classifier = classify or _unclassified
+        self._draw = KeyedUniforms(seed)
+        self._may_copy = scheduler.may_duplicate
+        self._endpoints = [VirtualEndpoint(self, node) for node in range(n)]
+        self._crashed = [False] * n
+        self._heap: list[_Event] = []
+        self._timers: dict[int, _Timer] = {}
+        self._next_timer_id = 0
+        self._now_s = 0.0
+        self._trace = blake3.blake3()
+        self._events_processed = 0
+        self._messages_delivered = 0
+        self._bytes_delivered = 0
+        self._copies_injected = 0
+        self._duplicates_dropped = 0
+        self._messages_discarded = 0
+        self._timer_firings = 0
+
+    @property
+    def now_s(self) -> float:
+        """Virtual seconds since the network was built: the time of the current event."""
+        return self._now_s
+
+    def endpoint(self, node: int) -> VirtualEndpoint:
+        """Node ``node``'s transport (the same object on every call)."""
+        return self._endpoints[node]
+
+    def is_crashed(self, node: int) -> bool:
+        return self._crashed[node]
+
+    def crash(self, node: int) -> None:
+        """Stop ``node`` for good: its timers stop, messages that reach it are discarded,
+        and what it tries to send is dropped. Messages it sent before stay in flight."""
+        self._crashed[node] = True
+
+    def call_every(
+        self,
+        node: int,
+        interval_s: float,
+        fn: Callable[[float], None],
+        start_s: float | None = None,
+    ) -> int:
+        """Call ``fn(now_s)`` at ``start_s``, ``start_s + interval_s``, ... on ``node``'s
+        behalf, until the node crashes or the timer is cancelled; returns the timer id.
+
+        ``start_s`` defaults to one interval from now. Firing k happens at exactly
+        ``start_s + k * interval_s`` (no drift). At one instant, a node's timers fire
+        before its messages are delivered, in the order they were created.
+        """
+        if not 0 <= node < self.n:
+            raise ValueError(f"no node {node} (n={self.n})")
+        if not (math.isfinite(interval_s) and interval_s > 0.0):
+            raise ValueError(f"interval_s must be finite and > 0, got {interval_s}")
+        start_s = self._now_s + interval_s if start_s is None else start_s
+        if not (math.isfinite(start_s) and start_s >= self._now_s):
+            raise ValueError(f"start_s must be finite and >= now ({self._now_s}), got {start_s}")
+        timer_id = self._next_timer_id
+        self._next_timer_id += 1
+        self._timers[timer_id] = _Timer(node, interval_s, start_s, fn)
+        heapq.heappush(self._heap, (start_s, node, _TIMER_SRC, timer_id, 0, b"", ""))
+        return timer_id
+
+    def cancel_timer(self, timer_id: int) -> None:
+        """Stop a timer; a no-op if it is already gone."""
+        self._timers.pop(timer_id, None)
+
+    def record_output(self, node: int, data: bytes) -> None:
+        """Fold a node's output (a delivered value, a model digest) into the trace digest."""
+        self._trace.update(
+            _TRACE_RECORD.pack(_OUTPUT, self._now_s, node, _TIMER_SRC, 0, 0, len(data))
+        )
+        self._trace.update(data)
+
+    def trace_digest(self) -> str:
+        """Hex digest of every event and output so far; equal seeds give equal digests."""
+        return self._trace.hexdigest()
+
+    def statistics(self) -> NetworkStatistics:
+        bytes_by_kind: dict[str, int] = {}
+        messages_by_kind: dict[str, int] = {}
+        for endpoint in self._endpoints:
+            for kind, size_bytes in endpoint._bytes_sent_by_kind.items():
+                _add(bytes_by_kind, kind, size_bytes)
+            for kind, count in endpoint._messages_sent_by_kind.items():
+                _add(messages_by_kind, kind, count)
+        return NetworkStatistics(
+            now_s=self._now_s,
+            events_processed=self._events_processed,
+            messages_sent=sum(messages_by_kind.values()),
+            bytes_sent=sum(bytes_by_kind.values()),
+            messages_delivered=self._messages_delivered,
+            bytes_delivered=self._bytes_delivered,
+            copies_injected=self._copies_injected,
+            duplicates_dropped=self._duplicates_dropped,
+            messages_discarded=self._messages_discarded,
+            timer_firings=self._timer_firings,
+            events_pending=len(self._heap),
+            bytes_sent_by_kind=dict(sorted(bytes_by_kind.items())),
+            messages_sent_by_kind=dict(sorted(messages_by_kind.items())),
+        )
+
+    def _checked_delay_s(self, meta: MessageMeta, u: float) -> float:
+        delay_s = self.scheduler.delay_s(meta, u)
+        if not 0.0 <= delay_s < math.inf:
+            raise ValueError(f"{self.scheduler!r} gave delay {delay_s!r} s to {meta}")
+        return delay_s if delay_s > MIN_DELAY_S else MIN_DELAY_S
+
+    def _schedule(self, meta: MessageMeta, data: bytes) -> None:
+        src, dst, seq, kind = meta.src, meta.dst, meta.seq, meta.kind
+        now_s = self._now_s
+        delay_s = self._checked_delay_s(meta, self._draw(src, dst, seq))
+        heapq.heappush(self._heap, (now_s + delay_s, dst, src, seq, 0, data, kind))
+        if not self._may_copy:
+            return
+        copies = self.scheduler.copies(meta, self._draw(src, dst, seq, _COPIES_DRAW))
+        if type(copies) is not int or not 1 <= copies <= COPIES_MAX:
+            raise ValueError(f"{self.scheduler!r} gave {copies!r} copies (1..{COPIES_MAX})")
+        for copy in range(1, copies):
+            delay_s = self._checked_delay_s(meta, self._draw(src, dst, seq, copy))
+            heapq.heappush(self._heap, (now_s + delay_s, dst, src, seq, copy, data, kind))
+            self._copies_injected += 1
+
+    def _fire_timer(self, time_s: float, node: int, timer_id: int, firing: int) -> None:
+        timer = self._timers.get(timer_id)
+        if timer is None:
+            return  # cancelled
+        if self._crashed[node]:
+            del self._timers[timer_id]
+            return
+        self._timer_firings += 1
+        self._trace.update(
+            _TRACE_RECORD.pack(_TIMER, time_s, node, _TIMER_SRC, timer_id, firing, 0)
+        )
+        next_s = timer.start_s + (firing + 1) * timer.interval_s
+        heapq.heappush(self._heap, (next_s, node, _TIMER_SRC, timer_id, firing + 1, b"", ""))
+        timer.fn(time_s)
+
+    def _process(self, event: _Event, handlers: list[Callable[[int, bytes], None] | None]) -> None:
+        time_s, dst, src, seq, copy, data, kind = event
+        self._events_processed += 1
+        if src == _TIMER_SRC:
+            self._fire_timer(time_s, dst, seq, copy)
+            return
+        trace = self._trace
+        if self._crashed[dst]:
+            self._messages_discarded += 1
+            trace.update(_TRACE_RECORD.pack(_DISCARDED, time_s, dst, src, seq, copy, len(data)))
+            return
+        endpoint = self._endpoints[dst]
+        if not endpoint._accept(src, seq):
+            endpoint._duplicates_dropped += 1
+            self._duplicates_dropped += 1
+            trace.update(_TRACE_RECORD.pack(_DUPLICATE, time_s, dst, src, seq, copy, len(data)))
+            return
+        size_bytes = len(data)
+        endpoint._count_received(src, kind, size_bytes)
+        self._messages_delivered += 1
+        self._bytes_delivered += size_bytes
+        trace.update(_TRACE_RECORD.pack(_DELIVERED, time_s, dst, src, seq, copy, size_bytes))
+        trace.update(data)
+        handler = handlers[dst]
+        assert handler is not None  # run() checked every live node has one
+        handler(src, data)
+
+    async def run(
+        self,
+        deliver: Mapping[int, Callable[[int, bytes], None]],
+        until: Callable[[], bool],
+        time_limit_s: float,
+        *,
+        clock_lag_max_s: float = 0.0,
+    ) -> RunResult:
+        """The single delivery loop: handle events in order until ``until()`` is true, the
+        network is quiescent, or the next event lies past ``time_limit_s``.
+
+        ``deliver[node](src, data)`` is called one message at a time; whatever it sends is
+        scheduled after the current instant. When virtual time advances, the loop sleeps
+        until the next event in trio time (virtual under ``MockClock``); events at one
+        instant run back to back, with a checkpoint every so often so the loop stays
+        cancellable. May be called again to continue (e.g. with a later time limit).
+
+        Each sleep costs some 30 us of trio scheduling even under ``MockClock``, which
+        dominates when most events fall at distinct instants. ``clock_lag_max_s`` lets
+        ``trio.current_time()`` trail the network's virtual time by up to that much, so the
+        loop sleeps only once per such stretch (checkpointing in between). Event order and
+        :attr:`now_s` are unaffected; only code reading trio's clock would notice.
+        """
+        if not (math.isfinite(clock_lag_max_s) and clock_lag_max_s >= 0.0):
+            raise ValueError(f"clock_lag_max_s must be finite and >= 0, got {clock_lag_max_s}")
+        missing = [
+            node for node in range(self.n) if node not in deliver and not self._crashed[node]
+        ]
+        if missing:
+            raise ValueError(f"no deliver handler for live nodes {missing}")
+        handlers = [deliver.get(node) for node in range(self.n)]
+        clock_offset_s = trio.current_time() - self._now_s
+        clock_s = self._now_s  # the virtual time trio's clock was last brought to
+        events_before = self._events_processed
+        delivered_before = self._messages_delivered
+        heap = self._heap
+        events_since_checkpoint = 0
+        while True:
+            if until():
+                reason = StopReason.UNTIL
+                break
+            if not heap:
+                reason = StopReason.QUIESCENT
+                break
+            time_s = heap[0][0]
+            if time_s > time_limit_s:
+                self._now_s = max(self._now_s, time_limit_s)
+                reason = StopReason.TIME_LIMIT
+                break
+            if time_s > self._now_s:
+                self._now_s = time_s
+                if time_s - clock_s > clock_lag_max_s:
+                    await trio.sleep_until(clock_offset_s + time_s)
+                    clock_s = time_s
+                    events_since_checkpoint = 0
+            if events_since_checkpoint >= _EVENTS_PER_CHECKPOINT:
+                await trio.lowlevel.checkpoint()
+                events_since_checkpoint = 0
+            self._process(heapq.heappop(heap), handlers)
+            events_since_checkpoint += 1
+        if self._now_s > clock_s:
+            await trio.sleep_until(clock_offset_s + self._now_s)
+        return RunResult(
+            reason=reason,
+            now_s=self._now_s,
+            events_processed=self._events_processed - events_before,
+            messages_delivered=self._messages_delivered - delivered_before,
+        )
