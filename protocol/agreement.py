@@ -32,6 +32,10 @@ from protocol.messages import Echo, Fetch, FetchReply, InstanceId, Kind, Message
 from protocol.step import Decided, Delivered, FaultKind, Output, RoundStarted, Step
 
 Aggregator = Callable[[np.ndarray, int], np.ndarray]
+#: (step, phase, round, vector) -> the vector actually broadcast. None for honest nodes;
+#: the simulator's learning-level Byzantine strategies plug in here, so that a lying
+#: node's own core stays consistent with what it sends (no accidental equivocation).
+VectorFilter = Callable[[int, int, int, np.ndarray], np.ndarray]
 
 #: bytes an array header may add to dim * itemsize on the wire
 ARRAY_HEADER_BYTES_MAX = 64
@@ -43,6 +47,7 @@ class AgreementParams:
     dim: int
     dtype: np.dtype[np.floating]
     aggregator: Aggregator
+    vector_filter: VectorFilter | None = None
 
     @property
     def report_quorum(self) -> int:
@@ -168,6 +173,8 @@ class AveragingAgreement:
 
     def _enter_round(self, round_: int, vector: np.ndarray) -> Step:
         self.current_round = round_
+        if self._params.vector_filter is not None:
+            vector = self._params.vector_filter(self.step, self.phase, round_, vector)
         me = self._params.broadcast.me
         instance = self._instance(InstanceId(me, self._tag(round_, Kind.VECTOR)))
         step = instance.send(encode_array(vector))

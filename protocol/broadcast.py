@@ -8,7 +8,8 @@ Rules, as the paper states them, for instance id = (origin, tag):
   from ``ready_amplify`` = f+1 distinct nodes: send READY(id, h), once;
 * on READY(id, h) from ``deliver_quorum`` = 2f+1 distinct nodes: deliver h. Without the
   payload, fetch it from nodes that echoed h (at least f+1 of them are honest and hold it),
-  one at a time, asking the next one on each :meth:`tick`.
+  one per :meth:`tick`: from the first tick on, so that a SEND that is merely late costs
+  nothing (fetching at once doubled the payload bytes of ~20% of nodes in random-delay runs).
 
 ECHO/READY carry the 32-byte digest only, so a node sends about (n-1)*|payload| bytes per
 broadcast instead of Bracha's n*(n-1)*|payload|. Anything a peer does wrong becomes a
@@ -278,8 +279,9 @@ class BroadcastInstance:
             if self._send_digest == ready_digest and self.payload is not None:
                 step.outputs.append(Delivered(self.iid, self.payload))
             else:
-                self.payload = None  # we hold another digest (equivocation) or nothing
-                step.extend(self._fetch_next())
+                # We hold another digest (the origin equivocated) or nothing yet. The SEND
+                # from an honest origin is usually just late: fetch on the next tick.
+                self.payload = None
         return step
 
     def _fetch_next(self) -> Step:

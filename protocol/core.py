@@ -19,8 +19,8 @@ from enum import StrEnum
 
 import numpy as np
 
-from protocol.aggregate import get_aggregator
-from protocol.agreement import AgreementParams, AveragingAgreement
+from protocol.aggregate import get_aggregator, min_nodes
+from protocol.agreement import AgreementParams, AveragingAgreement, VectorFilter
 from protocol.broadcast import BroadcastParams
 from protocol.codec import CodecError, decode
 from protocol.crypto import SESSION_ID_BYTES, SignatureScheme
@@ -75,9 +75,11 @@ class ProtocolConfig:
     steps_retained: int = 2  # keep serving instances this many steps behind ours
 
     def __post_init__(self) -> None:
-        if self.n < 3 * self.f + 1 or self.f < 0:
+        needed = min_nodes(self.aggregator, self.f)  # raises for unknown names, f < 0
+        if self.n < needed:
             raise ValueError(
-                f"n={self.n} nodes tolerate at most f={(self.n - 1) // 3}, not {self.f}"
+                f"{self.aggregator} tolerates f={self.f} Byzantine nodes only with "
+                f"n >= {needed}, got n={self.n}"
             )
         if not 0 <= self.me < self.n:
             raise ValueError(f"node id {self.me} is not in [0, {self.n})")
@@ -87,7 +89,6 @@ class ProtocolConfig:
             raise ValueError(f"dim must be positive, got {self.dim}")
         if self.dtype not in ("<f4", "<f8"):
             raise ValueError(f"dtype must be <f4 or <f8, got {self.dtype}")
-        get_aggregator(self.aggregator)  # raises with the valid names
         if self.steps_ahead_max < 0 or self.steps_retained < 0:
             raise ValueError("window sizes must be non-negative")
 
@@ -109,7 +110,12 @@ class NodeCore:
     #: the agreement algorithm; tests swap in variants (e.g. without witnesses)
     agreement_class: type[AveragingAgreement] = AveragingAgreement
 
-    def __init__(self, config: ProtocolConfig, scheme: SignatureScheme) -> None:
+    def __init__(
+        self,
+        config: ProtocolConfig,
+        scheme: SignatureScheme,
+        vector_filter: VectorFilter | None = None,
+    ) -> None:
         self.config = config
         self._scheme = scheme
         self._params = AgreementParams(
@@ -117,6 +123,7 @@ class NodeCore:
             config.dim,
             np.dtype(config.dtype),
             get_aggregator(config.aggregator),
+            vector_filter,
         )
         self._agreements: dict[tuple[int, int], AveragingAgreement] = {}
         self._step = 0
@@ -209,6 +216,10 @@ class NodeCore:
         return self._account(agreement.handle(sender, msg))
 
     # ------------------------------------------------------------------ observation
+
+    def highest_steps_seen(self) -> list[int]:
+        """The highest step each peer has sent us a message for, highest first."""
+        return sorted(self._highest_step_seen.values(), reverse=True)
 
     def agreement(self, step: int, phase: int) -> AveragingAgreement | None:
         return self._agreements.get((step, phase))
