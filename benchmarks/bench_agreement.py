@@ -17,9 +17,9 @@ import random
 
 import numpy as np
 
+from protocol.codec import peek
 from protocol.core import GradientSchedule, RoundSchedule
 from tests.byzantine import Equivocate, fixed_value
-from protocol.codec import peek
 from tests.cluster import (
     Adversary,
     Behaviour,

@@ -83,7 +83,8 @@ def main(argv: list[str] | None = None) -> int:
                 label = "byzantine" if byzantine else "fault-free"
                 print(
                     f"{n:>3} {(n - 1) // 3:>3} {label:<10} {r['max_ratio']:>17.3f} x(n-1)m "
-                    f"{r['mean_ratio']:>6.3f} {r['overhead_bytes']:>15.0f} B {r['fetch_share']:>10.1%} "
+                    f"{r['mean_ratio']:>6.3f} {r['overhead_bytes']:>15.0f} B "
+                    f"{r['fetch_share']:>10.1%} "
                     f"{r['wall_s']:>6.1f}s"
                 )
                 if not byzantine and r["max_ratio"] > BUDGET_FACTOR:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 
 import numpy as np
@@ -117,7 +118,7 @@ class KeepApart(Adversary):
         self._late: list[InFlight] = []
 
     def push(self, item: InFlight) -> None:
-        kind, tag = peek(item.data)
+        _kind, tag = peek(item.data)
         if tag and tag[4] == 0 and (tag[0], item.dst) in self.held_back:
             self._late.append(item)
         else:
@@ -159,7 +160,7 @@ def test_without_witnesses_a_scheduler_keeps_two_honest_groups_apart_forever() -
 def test_with_witnesses_the_same_scheduler_cannot() -> None:
     diams = split_run(NodeCore)
     assert diams[0] == 1.0
-    for before, after in zip(diams, diams[1:], strict=False):
+    for before, after in itertools.pairwise(diams):
         assert after < before or after == 0.0
     assert diams[-1] < 0.01
 

@@ -146,7 +146,7 @@ def test_bad_arrays(data: bytes) -> None:
 def test_array_dtype_allow_list() -> None:
     with pytest.raises(ValueError, match="cannot encode dtype"):
         encode_array(np.zeros(3, dtype=np.int64))
-    header = b'\x92\xa3<i8\x91\x01'  # msgpack ["<i8", [1]]
+    header = b"\x92\xa3<i8\x91\x01"  # msgpack ["<i8", [1]]
     with pytest.raises(CodecError, match="not allowed"):
         decode_array(len(header).to_bytes(2, "little") + header + b"\x00" * 8)
 

@@ -43,7 +43,8 @@ def run_schedule(n: int, f: int, seed: int) -> None:
     vectors = {i: np.full(3, float(i), dtype=np.float32) for i in range(n)}
     cluster.propose(0, 0, vectors)
     cluster.run()
-    where = f"(n={n}, f={f}, seed={seed}, byzantine={ {i: type(b).__name__ for i, b in behaviours.items()} })"
+    names = {i: type(b).__name__ for i, b in behaviours.items()}
+    where = f"(n={n}, f={f}, seed={seed}, byzantine={names})"
 
     delivered: dict[InstanceId, dict[int, bytes]] = {}
     for i in cluster.honest:
