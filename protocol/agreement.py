@@ -25,13 +25,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from protocol.aggregate import Aggregator
 from protocol.broadcast import BroadcastInstance, BroadcastParams
 from protocol.codec import CodecError, decode_array, decode_report, encode_array, encode_report
 from protocol.crypto import SignatureScheme
 from protocol.messages import Echo, Fetch, FetchReply, InstanceId, Kind, Message, Ready, Send, Tag
 from protocol.step import Decided, Delivered, FaultKind, Output, RoundStarted, Step
 
-Aggregator = Callable[[np.ndarray, int], np.ndarray]
 #: (step, phase, round, vector) -> the vector actually broadcast. None for honest nodes;
 #: the simulator's learning-level Byzantine strategies plug in here, so that a lying
 #: node's own core stays consistent with what it sends (no accidental equivocation).

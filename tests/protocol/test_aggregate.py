@@ -20,6 +20,7 @@ from hypothesis.extra import numpy as hnp
 from protocol import _select
 from protocol.aggregate import (
     AGGREGATORS,
+    MDA_ROWS_MAX,
     MDA_SUBSETS_MAX,
     get_aggregator,
     mda,
@@ -37,14 +38,15 @@ RANDOM_CASES = 240
 def method(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     """Run the test once per selection method, whatever the cost model would pick."""
     use_network = request.param == "network"
-    monkeypatch.setattr(_select, "uses_network", lambda m, f, dtype: use_network)
+    monkeypatch.setattr(_select, "uses_network", lambda m, d, f, dtype: use_network)
     yield request.param
 
 
-def reference(x: np.ndarray, f: int) -> npt.NDArray[np.float64]:
-    """Mean of the sorted values f..m-f-1 in float64, each divided before adding (no overflow)."""
-    kept = np.sort(x, axis=0)[f : x.shape[0] - f].astype(np.float64)
-    result: npt.NDArray[np.float64] = (kept / kept.shape[0]).sum(axis=0)
+def reference(x: np.ndarray, f: int) -> npt.NDArray[np.longdouble]:
+    """Mean of the sorted values f..m-f-1 in extended precision (x86: 64-bit mantissa, and an
+    exponent range in which sums of float64 values cannot overflow)."""
+    kept = np.sort(x, axis=0)[f : x.shape[0] - f].astype(np.longdouble)
+    result: npt.NDArray[np.longdouble] = kept.sum(axis=0) / kept.shape[0]
     return result
 
 
@@ -58,8 +60,8 @@ def assert_close_to_reference(x: np.ndarray, f: int, got: np.ndarray, context: s
     kept = x.shape[0] - 2 * f
     scale = np.abs(np.sort(x, axis=0)[f : x.shape[0] - f]).max(axis=0, initial=0.0)
     finfo = np.finfo(x.dtype)
-    tolerance = (kept + 2) * (finfo.eps * scale.astype(np.float64) + finfo.smallest_subnormal)
-    error = np.abs(got.astype(np.float64) - want)
+    tolerance = (kept + 2) * (finfo.eps * scale.astype(np.longdouble) + finfo.smallest_subnormal)
+    error = np.abs(got.astype(np.longdouble) - want)
     assert np.all(error <= tolerance), f"{context}: max error {error.max()} > tolerance"
     low, high = kept_range(x, f)
     assert np.all((low <= got) & (got <= high)), f"{context}: outside the kept values' range"
@@ -71,7 +73,7 @@ def random_case(seed: int) -> tuple[np.ndarray, int, str]:
     f = int(rng.integers(0, 13))
     m = int(rng.integers(2 * f + 1, max(2 * f + 2, 41)))
     d = int(rng.integers(1, 300))
-    dtype = DTYPES[seed % 2]
+    dtype = DTYPES[seed // 6 % 2]  # every kind in both dtypes
     huge = float(np.finfo(dtype).max) * 0.9  # 3e38 for float32, 1.6e308 for float64
     kind = ["normal", "ties", "constant", "huge", "outliers", "tiny"][seed % 6]
     x = rng.standard_normal((m, d))
@@ -110,6 +112,8 @@ def test_blocks_and_layouts_do_not_change_results(method: str, dtype: type) -> N
         np.testing.assert_array_equal(trimmed_mean(x[:, 60_000:], f), whole[60_000:])
         np.testing.assert_array_equal(trimmed_mean(np.asfortranarray(x), f), whole)
         np.testing.assert_array_equal(trimmed_mean(x[:, ::3], f), whole[::3])
+        aliased = np.ascontiguousarray(x[:, :8192])  # row stride a multiple of 4 KiB: staged
+        np.testing.assert_array_equal(trimmed_mean(aliased, f), whole[:8192])
         assert_close_to_reference(x[:, :2000], f, whole[:2000], f"m={m} f={f} {method}")
 
 
@@ -160,7 +164,9 @@ def test_median_matches_numpy(method: str, dtype: type) -> None:
         x: np.ndarray = rng.standard_normal((m, int(rng.integers(1, 200)))).astype(dtype)
         if seed % 3 == 0:
             x = np.round(x)  # ties
-        np.testing.assert_array_max_ulp(median(x, (m - 1) // 2), np.median(x, axis=0), maxulp=1)
+        got, want = median(x, (m - 1) // 2), np.median(x, axis=0)
+        assert got.dtype == want.dtype
+        assert np.all(np.abs(got - want) <= np.spacing(np.abs(want))), f"seed {seed}: > 1 ulp"
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -248,11 +254,21 @@ def test_mda_survives_distances_beyond_float64() -> None:
     assert np.isfinite(mda(x, 1)).all()
 
 
+def test_mda_tells_apart_distances_whose_squares_underflow() -> None:
+    """Squares of 1e-200 underflow to 0; unscaled, all three pairs would tie and (0, 1) win."""
+    x = np.array([[0.0], [4e-200], [5e-200]], dtype=np.float64)
+    np.testing.assert_array_equal(mda(x, 1), np.array([4.5e-200]))
+
+
 def test_mda_refuses_too_many_subsets() -> None:
     m, f = 31, 5
     assert math.comb(m, f) > MDA_SUBSETS_MAX
     with pytest.raises(ValueError, match="MDA_SUBSETS_MAX"):
         mda(np.zeros((m, 2), np.float32), f)
+    with pytest.raises(ValueError, match="MDA_ROWS_MAX"):
+        mda(np.zeros((MDA_ROWS_MAX + 1, 2), np.float32), 1)
+    rows = np.zeros((MDA_ROWS_MAX + 1, 2), np.float32)
+    np.testing.assert_array_equal(mda(rows, 0), rows[0])  # f = 0: the mean, no search
 
 
 def invalid_inputs() -> Iterator[tuple[object, object, str]]:
@@ -293,6 +309,14 @@ def test_non_finite_beyond_the_first_block_is_found(method: str) -> None:
     x[3, -1] = np.inf
     with pytest.raises(ValueError, match="NaN or infinite"):
         trimmed_mean(x, 2)
+
+
+def test_many_rows_use_the_sort_without_building_a_network() -> None:
+    m, f = _select.NETWORK_ROWS_MAX + 1, 1
+    x = np.random.default_rng(5).standard_normal((m, 20)).astype(np.float32)
+    before = _select.selection_plan.cache_info().currsize
+    assert_close_to_reference(x, f, trimmed_mean(x, f), "many rows")
+    assert _select.selection_plan.cache_info().currsize == before
 
 
 def test_zero_columns() -> None:
