@@ -1,0 +1,374 @@
+"""Transport throughput and flood memory, against baselines measured in the same run.
+
+    python -m benchmarks.bench_transport [--quick] [--messages N] [--size-mib S] [--rounds R]
+
+1. Per-byte costs of the candidate frame authenticators (why node/frame_auth.py uses
+   keyed BLAKE3), next to memcpy.
+2. Throughput of N messages of S MiB from one node process to another through
+   ``TcpTransport`` over loopback (handshake, MACs, ACKs, the receiver's copy out of the
+   read buffer, all included), as a ratio against a plain blocking-socket pair between two
+   processes moving the same volume (length prefix + ``sendall`` / ``recv_into`` a reused
+   buffer). Goal: >= 0.6x.
+3. The RSS of a node process while attackers flood it with random bytes, oversize length
+   prefixes and half-finished handshakes, against its RSS when idle.
+
+Timestamps come from ``time.perf_counter`` (CLOCK_MONOTONIC, shared by processes on Linux):
+the sender stamps the start, the receiver the arrival of the last byte.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import logging
+import multiprocessing
+import os
+import random
+import socket
+import statistics
+import struct
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+
+import blake3
+import nacl.bindings
+import nacl.signing
+import trio
+
+from node.roster import Roster, RosterEntry, dump_roster, parse_roster
+from node.transport import TransportConfig, open_tcp_transport
+
+_LENGTH = struct.Struct("<I")
+_GB = 1e9
+
+
+def _key(node: int) -> nacl.signing.SigningKey:
+    return nacl.signing.SigningKey(blake3.blake3(b"bench-transport-%d" % node).digest())
+
+
+# -- 1. authenticator speeds ----------------------------------------------------------------
+
+
+def measure_authenticators(size_bytes: int, repeats: int) -> dict[str, float]:
+    data = os.urandom(size_bytes)
+    key = os.urandom(32)
+    target = bytearray(size_bytes)
+
+    def memcpy() -> None:
+        target[:] = data
+
+    candidates: dict[str, Callable[[], object]] = {
+        "memcpy": memcpy,
+        "blake3 keyed MAC (used)": lambda: blake3.blake3(data, key=key).digest(16),
+        "poly1305 (AEAD, payload as AD)": lambda: (
+            nacl.bindings.crypto_aead_chacha20poly1305_ietf_encrypt(b"", data, bytes(12), key)
+        ),
+        "blake2b keyed MAC": lambda: hashlib.blake2b(data, key=key, digest_size=16).digest(),
+        "chacha20poly1305-ietf AEAD": lambda: (
+            nacl.bindings.crypto_aead_chacha20poly1305_ietf_encrypt(data, None, bytes(12), key)
+        ),
+    }
+    speeds = {}
+    for name, run in candidates.items():
+        run()
+        start = time.process_time()  # CPU time: robust to other load on the machine
+        for _ in range(repeats):
+            run()
+        speeds[name] = repeats * size_bytes / (time.process_time() - start) / _GB
+    return speeds
+
+
+# -- 2a. through TcpTransport -------------------------------------------------------------
+
+
+def _transport_node(me: int, pipe: Connection, messages: int, size_bytes: int, warmup: int) -> None:
+    logging.getLogger("jungle.transport").setLevel(logging.ERROR)  # the peer's exit is noise
+    trio.run(_transport_node_async, me, pipe, messages, size_bytes, warmup)
+
+
+async def _transport_node_async(
+    me: int, pipe: Connection, messages: int, size_bytes: int, warmup: int
+) -> None:
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    pipe.send(listeners[0].socket.getsockname()[1])
+    roster = parse_roster(await trio.to_thread.run_sync(pipe.recv))
+    config = TransportConfig(
+        me, _key(me), roster, queue_bytes_max=(messages + warmup + 1) * size_bytes
+    )
+    payload = os.urandom(size_bytes)
+    async with open_tcp_transport(config, listeners=listeners) as transport:
+        await transport.wait_connected()
+        if me == 0:  # sender: the same bytes object N times (the outbox holds references)
+            for _ in range(warmup):
+                transport.send_nowait(1, payload)
+            await transport.wait_flushed()
+            pipe.send("warm")
+            await trio.to_thread.run_sync(pipe.recv)
+            cpu_start, start = time.process_time(), time.perf_counter()
+            for _ in range(messages):
+                transport.send_nowait(1, payload)
+            await transport.wait_flushed()
+            pipe.send((start, time.process_time() - cpu_start))
+        else:  # receiver
+            for _ in range(warmup):
+                await transport.receive()
+            pipe.send("warm")
+            await trio.to_thread.run_sync(pipe.recv)
+            received, cpu_start = 0, time.process_time()
+            for _ in range(messages):
+                _src, data = await transport.receive()
+                received += len(data)
+            pipe.send((time.perf_counter(), received, time.process_time() - cpu_start))
+        await trio.to_thread.run_sync(pipe.recv)  # stay up until both are done
+
+
+@dataclass(frozen=True, slots=True)
+class Throughput:
+    gb_per_s: float
+    #: CPU seconds per GB moved, in the sending and the receiving process: less sensitive
+    #: than wall time to other load on the machine
+    sender_cpu_s_per_gb: float
+    receiver_cpu_s_per_gb: float
+
+    def __str__(self) -> str:
+        return (
+            f"{self.gb_per_s:6.2f}   (CPU s/GB: sender {self.sender_cpu_s_per_gb:.2f}, "
+            f"receiver {self.receiver_cpu_s_per_gb:.2f})"
+        )
+
+
+def measure_transport(messages: int, size_bytes: int, warmup: int) -> Throughput:
+    """Throughput through TcpTransport between two processes."""
+    spawn = multiprocessing.get_context("spawn")
+    pipes, processes = [], []
+    for me in (0, 1):
+        parent_end, child_end = spawn.Pipe()
+        process = spawn.Process(
+            target=_transport_node, args=(me, child_end, messages, size_bytes, warmup)
+        )
+        process.start()
+        pipes.append(parent_end)
+        processes.append(process)
+    ports = [pipe.recv() for pipe in pipes]
+    roster = Roster(
+        "bench-transport",
+        tuple(
+            RosterEntry(me, bytes(_key(me).verify_key), "127.0.0.1", port)
+            for me, port in enumerate(ports)
+        ),
+    )
+    for pipe in pipes:
+        pipe.send(dump_roster(roster))
+    for pipe in pipes:
+        assert pipe.recv() == "warm"
+    for pipe in pipes:
+        pipe.send("go")
+    start, sender_cpu_s = pipes[0].recv()
+    end, received, receiver_cpu_s = pipes[1].recv()
+    for pipe in pipes:
+        pipe.send("done")
+    for process in processes:
+        process.join(30)
+    assert received == messages * size_bytes
+    gigabytes = received / _GB
+    return Throughput(
+        gigabytes / (end - start), sender_cpu_s / gigabytes, receiver_cpu_s / gigabytes
+    )
+
+
+# -- 2b. the baseline: a plain blocking socket pair ---------------------------------------
+
+
+def _socket_receiver(pipe: Connection, total_messages: int, size_bytes: int, warmup: int) -> None:
+    listener = socket.create_server(("127.0.0.1", 0))
+    pipe.send(listener.getsockname()[1])
+    sock, _ = listener.accept()
+    buffer = bytearray(size_bytes)
+    view = memoryview(buffer)
+    header = bytearray(_LENGTH.size)
+    received, cpu_start = 0, time.process_time()
+    for index in range(total_messages):
+        if index == warmup:
+            pipe.send("warm")
+            received, cpu_start = 0, time.process_time()
+        sock.recv_into(header, _LENGTH.size, socket.MSG_WAITALL)
+        (length,) = _LENGTH.unpack(header)
+        got = 0
+        while got < length:
+            got += sock.recv_into(view[got:length])
+        received += length
+    pipe.send((time.perf_counter(), received, time.process_time() - cpu_start))
+    sock.close()
+
+
+def _socket_sender(
+    pipe: Connection, port: int, total_messages: int, size_bytes: int, warmup: int
+) -> None:
+    sock = socket.create_connection(("127.0.0.1", port))
+    payload = os.urandom(size_bytes)
+    header = _LENGTH.pack(size_bytes)
+    cpu_start = time.process_time()
+    for index in range(total_messages):
+        if index == warmup:
+            pipe.send("warm")
+            pipe.recv()
+            cpu_start = time.process_time()
+            pipe.send(time.perf_counter())
+        sock.sendall(header)
+        sock.sendall(payload)
+    sock.close()
+    pipe.send(time.process_time() - cpu_start)
+
+
+def measure_socket_pair(messages: int, size_bytes: int, warmup: int) -> Throughput:
+    spawn = multiprocessing.get_context("spawn")
+    receiver_pipe, child = spawn.Pipe()
+    total = warmup + messages
+    receiver = spawn.Process(target=_socket_receiver, args=(child, total, size_bytes, warmup))
+    receiver.start()
+    port = receiver_pipe.recv()
+    sender_pipe, child = spawn.Pipe()
+    sender = spawn.Process(target=_socket_sender, args=(child, port, total, size_bytes, warmup))
+    sender.start()
+    assert sender_pipe.recv() == "warm"
+    assert receiver_pipe.recv() == "warm"
+    sender_pipe.send("go")
+    start = sender_pipe.recv()
+    end, received, receiver_cpu_s = receiver_pipe.recv()
+    sender_cpu_s = sender_pipe.recv()
+    for process in (sender, receiver):
+        process.join(30)
+    gigabytes = received / _GB
+    return Throughput(
+        gigabytes / (end - start), sender_cpu_s / gigabytes, receiver_cpu_s / gigabytes
+    )
+
+
+# -- 3. memory under a garbage flood --------------------------------------------------------
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _flooded_node(pipe: Connection, flood_s: float) -> None:
+    logging.getLogger("jungle.transport").setLevel(logging.ERROR)  # faults are counted below
+    trio.run(_flooded_node_async, pipe, flood_s)
+
+
+async def _flooded_node_async(pipe: Connection, flood_s: float) -> None:
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    roster = Roster(
+        "bench-flood",
+        (
+            RosterEntry(0, bytes(_key(0).verify_key), "127.0.0.1", 1),  # never dialed back
+            RosterEntry(1, bytes(_key(1).verify_key), "127.0.0.1", 2),
+        ),
+    )
+    config = TransportConfig(0, _key(0), roster, handshake_timeout_s=1.0, backoff_s_max=1.0)
+    async with open_tcp_transport(config, listeners=listeners) as transport:
+        await trio.sleep(0.5)
+        idle_rss = _rss_bytes()
+        pipe.send(listeners[0].socket.getsockname()[1])
+        peak_rss = idle_rss
+        with trio.move_on_after(flood_s):
+            while True:
+                await trio.sleep(0.05)
+                peak_rss = max(peak_rss, _rss_bytes())
+        faults = transport.statistics().faults
+    pipe.send((idle_rss, peak_rss, {kind: sum(by.values()) for kind, by in faults.items()}))
+
+
+async def _attack(port: int, flood_s: float, seed: int) -> int:
+    rng = random.Random(seed)
+    attempts = 0
+
+    async def one_attacker(kind: int) -> None:
+        nonlocal attempts
+        while True:
+            try:
+                stream = await trio.open_tcp_stream("127.0.0.1", port)
+            except OSError:
+                await trio.sleep(0.01)
+                continue
+            attempts += 1
+            try:
+                if kind == 0:  # random bytes
+                    await stream.send_all(rng.randbytes(64 * 1024))
+                elif kind == 1:  # a huge length prefix, then a trickle of body
+                    await stream.send_all(_LENGTH.pack(0xFFFFFFF0) + bytes(4096))
+                else:  # the start of a frame, then silence until the handshake deadline
+                    await stream.send_all(_LENGTH.pack(133) + bytes(50))
+                    await trio.sleep(2.0)
+            except (OSError, trio.BrokenResourceError):
+                pass
+            finally:
+                await stream.aclose()
+
+    with trio.move_on_after(flood_s):
+        async with trio.open_nursery() as nursery:
+            for index in range(96):
+                nursery.start_soon(one_attacker, index % 3)
+    return attempts
+
+
+def measure_flood(flood_s: float) -> tuple[int, int, int, dict[str, int]]:
+    spawn = multiprocessing.get_context("spawn")
+    pipe, child = spawn.Pipe()
+    node = spawn.Process(target=_flooded_node, args=(child, flood_s + 0.5))
+    node.start()
+    port = pipe.recv()
+    attempts = trio.run(_attack, port, flood_s, 7)
+    idle_rss, peak_rss, faults = pipe.recv()
+    node.join(30)
+    return idle_rss, peak_rss, attempts, faults
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="a smaller, faster run")
+    parser.add_argument("--messages", type=int, default=None, help="timed messages (256)")
+    parser.add_argument("--size-mib", type=float, default=4.0, help="message size (4 MiB)")
+    parser.add_argument("--flood-s", type=float, default=None, help="flood duration (5 s)")
+    parser.add_argument(
+        "--rounds", type=int, default=None, help="baseline/transport pairs, interleaved (3)"
+    )
+    args = parser.parse_args(argv)
+    rounds = args.rounds or (1 if args.quick else 3)
+    messages = args.messages or (48 if args.quick else 256)
+    flood_s = args.flood_s or (1.5 if args.quick else 5.0)
+    size_bytes = int(args.size_mib * 1024 * 1024)
+    warmup = 4
+    print(f"cpus: {os.cpu_count()}; {messages} messages of {size_bytes / 2**20:g} MiB")
+
+    print("\n1. frame authentication, one thread, 4 MiB buffers (GB per CPU second):")
+    for name, speed in measure_authenticators(4 * 1024 * 1024, 8 if args.quick else 32).items():
+        print(f"   {name:30s} {speed:6.2f}")
+
+    print("\n2. loopback throughput between two processes (GB/s):")
+    ratios = []
+    for round_index in range(rounds):
+        # Interleaved, so that other load on the machine hits both alike.
+        baseline = measure_socket_pair(messages, size_bytes, warmup)
+        ours = measure_transport(messages, size_bytes, warmup)
+        ratios.append(ours.gb_per_s / baseline.gb_per_s)
+        print(f"   round {round_index + 1}: plain blocking socket pair  {baseline}")
+        print(f"            TcpTransport                {ours}")
+        print(f"            ratio                       {ratios[-1]:6.2f}x")
+    ratio = statistics.median(ratios)
+    verdict = "meets" if ratio >= 0.6 else "MISSES"
+    print(f"   median ratio                          {ratio:6.2f}x  ({verdict} the 0.6x goal)")
+
+    print(f"\n3. a node's memory while 96 attackers flood it for {flood_s:g} s:")
+    idle_rss, peak_rss, attempts, faults = measure_flood(flood_s)
+    print(f"   attacker connections           {attempts}")
+    print(f"   RSS idle / peak (MiB)          {idle_rss / 2**20:.1f} / {peak_rss / 2**20:.1f}")
+    print(f"   peak / idle                    {peak_rss / idle_rss:.2f}x")
+    print(f"   faults counted                 {dict(sorted(faults.items()))}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,207 @@
+"""Incoming links: peers' messages to us, authenticated, deduplicated, acknowledged.
+
+Each peer dials us to carry its data (node/outbound_link.py is the other end). For every
+accepted connection we run the acceptor's handshake under a deadline and a cap on
+concurrent handshakes, so unauthenticated connections cost a bounded amount of memory
+and time; then we read DATA frames into the bounded inbound queue and answer with
+cumulative ACKs (every ``ack_every_messages`` messages, and whenever no further frame is
+already buffered, so a lone message is acknowledged at once).
+
+Per peer we remember its incarnation and the last sequence number delivered, across
+connections: a reconnect resumes where the peer left off, a resend of a delivered
+message is dropped, and a new incarnation (the peer restarted) starts afresh from the
+``seq_base`` in its HELLO. The newest authenticated connection from a peer replaces the
+older one (the older is cancelled first, so a peer's messages are never read from two
+connections at once).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import trio
+
+from node import handshake
+from node.frame_auth import KIND_DATA, FrameAuthenticator, FrameRejected, FrameVerifier
+from node.framing import (
+    CONNECTION_ERRORS,
+    FrameReader,
+    FramingError,
+    configure_socket,
+    send_buffers,
+)
+from node.inbound_queue import InboundQueue
+from node.transport_accounting import UNKNOWN_PEER, FaultKind, FaultLog, TrafficCounters
+from node.transport_config import LinkContext
+
+log = logging.getLogger("jungle.transport")
+
+
+@dataclass(slots=True)
+class _PeerInbound:
+    """What we know of one peer's stream to us; outlives its connections."""
+
+    incarnation: bytes | None = None
+    delivered_seq: int = 0
+    #: cancel scope of the connection currently allowed to deliver (the newest)
+    active: trio.CancelScope | None = None
+    #: held by the connection that is reading this peer's messages
+    reading: trio.Lock = field(default_factory=trio.Lock)
+
+
+class InboundLinks:
+    def __init__(
+        self,
+        context: LinkContext,
+        faults: FaultLog,
+        counters: TrafficCounters,
+        queue: InboundQueue,
+        on_peer_restart: Callable[[int], None],
+    ) -> None:
+        self._context = context
+        self._on_peer_restart = on_peer_restart
+        self._config = context.config
+        self._faults = faults
+        self._counters = counters
+        self._queue = queue
+        self._peers = {
+            peer: _PeerInbound() for peer in range(self._config.roster.n) if peer != self._config.me
+        }
+        self.handshakes_pending = 0
+
+    async def serve(self, stream: trio.SocketStream) -> None:
+        """Handle one accepted connection (a ``trio.serve_listeners`` handler).
+
+        Never raises because of what the peer sent: every failure is logged and, when it
+        is someone's fault, counted.
+        """
+        where = _remote_address(stream)
+        configure_socket(stream.socket, self._config.dead_peer_timeout_s)
+        try:
+            accepted = await self._accept(stream, where)
+            if accepted is not None:
+                await self._run_session(stream, *accepted, where)
+        finally:
+            await trio.aclose_forcefully(stream)
+
+    async def _accept(
+        self, stream: trio.SocketStream, where: str
+    ) -> tuple[FrameReader, handshake.LinkSecrets] | None:
+        if self.handshakes_pending >= self._config.handshakes_pending_max:
+            self._faults.record(
+                FaultKind.TOO_MANY_HANDSHAKES,
+                UNKNOWN_PEER,
+                f"{self.handshakes_pending} handshakes already pending; connection closed",
+                where,
+            )
+            return None
+        self.handshakes_pending += 1
+        try:
+            reader = FrameReader(stream.socket, handshake.HANDSHAKE_FRAME_BYTES_MAX)
+            acceptor = handshake.AcceptorHandshake(
+                self._config.roster,
+                self._config.me,
+                self._config.signing_key,
+                self._context.incarnation,
+            )
+            with trio.move_on_after(self._config.handshake_timeout_s):
+                return reader, await handshake.accept(stream.socket, reader, acceptor)
+            self._faults.record(
+                FaultKind.HANDSHAKE_TIMEOUT,
+                UNKNOWN_PEER,
+                f"no handshake within {self._config.handshake_timeout_s} s",
+                where,
+            )
+        except handshake.HandshakeError as error:
+            self._faults.record(error.kind, UNKNOWN_PEER, error.detail, where)
+        except FramingError as error:
+            self._faults.record(error.kind, UNKNOWN_PEER, error.detail, where)
+        except CONNECTION_ERRORS as error:
+            log.debug("node %d: connection from %s ended in handshake: %r", self._me, where, error)
+        finally:
+            self.handshakes_pending -= 1
+        return None
+
+    async def _run_session(
+        self,
+        stream: trio.SocketStream,
+        reader: FrameReader,
+        secrets: handshake.LinkSecrets,
+        where: str,
+    ) -> None:
+        peer = secrets.peer
+        state = self._peers[peer]
+        if state.active is not None:
+            state.active.cancel()  # the newest authenticated connection wins
+        scope = state.active = trio.CancelScope()
+        try:
+            with scope:
+                async with state.reading:
+                    self._resume(state, secrets)
+                    await self._receive_loop(stream, reader, secrets, state)
+        except CONNECTION_ERRORS as error:
+            log.debug("node %d: link from peer %d closed: %r", self._me, peer, error)
+        except (FramingError, FrameRejected) as error:
+            self._faults.record(error.kind, peer, error.detail, where)
+        finally:
+            if state.active is scope:
+                state.active = None
+
+    def _resume(self, state: _PeerInbound, secrets: handshake.LinkSecrets) -> None:
+        if state.incarnation == secrets.peer_incarnation:
+            state.delivered_seq = max(state.delivered_seq, secrets.seq_base)
+            return
+        if state.incarnation is not None:
+            log.info("node %d: peer %d restarted; its sequence restarts", self._me, secrets.peer)
+            self._on_peer_restart(secrets.peer)
+        state.incarnation = secrets.peer_incarnation
+        state.delivered_seq = secrets.seq_base
+
+    async def _receive_loop(
+        self,
+        stream: trio.SocketStream,
+        reader: FrameReader,
+        secrets: handshake.LinkSecrets,
+        state: _PeerInbound,
+    ) -> None:
+        peer = secrets.peer
+        authenticator = FrameAuthenticator(secrets.send_key)
+        verifier = FrameVerifier(secrets.receive_key)
+        reader.frame_bytes_max = self._config.frame_bytes_max
+        acked_seq = state.delivered_seq
+        await send_buffers(stream.socket, (authenticator.ack_frame(acked_seq),))
+        while True:
+            kind, seq, payload = verifier.open(await reader.receive_frame())
+            if kind != KIND_DATA:
+                raise FrameRejected(FaultKind.FRAME_MALFORMED, "an ACK frame on a data link")
+            if seq == state.delivered_seq + 1:
+                # The one copy out of the reused read buffer; the message outlives it.
+                await self._queue.put(peer, bytes(payload))
+                state.delivered_seq = seq
+                self._counters.on_received(peer, len(payload))
+            elif seq > state.delivered_seq + 1:
+                raise FrameRejected(
+                    FaultKind.PROTOCOL_VIOLATION,
+                    f"seq {seq} follows {state.delivered_seq}: messages were skipped",
+                )
+            # else: a resend of a message already delivered; drop it
+            unacked = state.delivered_seq - acked_seq
+            if unacked and (
+                unacked >= self._config.ack_every_messages or not reader.has_buffered_frame()
+            ):
+                acked_seq = state.delivered_seq
+                await send_buffers(stream.socket, (authenticator.ack_frame(acked_seq),))
+
+    @property
+    def _me(self) -> int:
+        return self._config.me
+
+
+def _remote_address(stream: trio.SocketStream) -> str:
+    try:
+        host, port, *_ = stream.socket.getpeername()
+    except (OSError, ValueError):
+        return "unknown address"
+    return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"

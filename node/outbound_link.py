@@ -1,0 +1,258 @@
+"""One outgoing link: our messages to one peer, delivered in order, exactly once.
+
+We carry data to peer j on a TCP connection that *we* dial (j dials us for its own data),
+so each connection has one writer per direction and no tie-breaking is needed: DATA flows
+dialer -> acceptor, cumulative ACKs flow back on the same connection.
+
+The link runs forever: dial, handshake (node/handshake.py), learn from the acceptor's
+first ACK how far it already got, then write the outbox while reading ACKs, until the
+connection breaks; then back off (exponential, with seeded jitter) and do it again. The
+outbox (node/outbox.py) keeps every message until acknowledged, so a reconnect resends
+exactly what the peer lacks.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Awaitable, Callable
+from functools import partial
+from typing import Final
+
+import trio
+
+from node import handshake
+from node.frame_auth import (
+    HEADER,
+    KIND_ACK,
+    TAG_BYTES,
+    FrameAuthenticator,
+    FrameRejected,
+    FrameVerifier,
+)
+from node.framing import (
+    CONNECTION_ERRORS,
+    FrameReader,
+    FramingError,
+    configure_socket,
+    send_buffers,
+)
+from node.outbox import AckOutOfRange, Outbox
+from node.transport_accounting import UNKNOWN_PEER, FaultKind, FaultLog, TrafficCounters
+from node.transport_config import LinkContext
+
+log = logging.getLogger("jungle.transport")
+#: the only frames an acceptor sends us after the handshake are ACKs
+_ACK_FRAME_BYTES: Final = HEADER.size + TAG_BYTES
+_ATTEMPTS_BEFORE_WARNING: Final = 5
+
+
+class OutboundLink:
+    def __init__(
+        self, context: LinkContext, peer: int, faults: FaultLog, counters: TrafficCounters
+    ) -> None:
+        self.peer = peer
+        self.connected = False
+        self.outbox = Outbox(context.config.queue_bytes_max)
+        self._context = context
+        self._config = context.config
+        self._faults = faults
+        self._counters = counters
+        self._rng = random.Random(f"jungle/transport/backoff/{self._config.seed}/{peer}")
+        self._work_added = trio.lowlevel.ParkingLot()
+        self._drained = trio.lowlevel.ParkingLot()
+        self._state_changed = trio.lowlevel.ParkingLot()
+        self._overflowing = False
+        #: connection attempts that failed since the link was last up
+        self._failed_attempts = 0
+        #: the current connection attempt or backoff, for :meth:`reconnect`
+        self._attempt = trio.CancelScope()
+
+    # -- called by the transport ------------------------------------------------------
+
+    def send_nowait(self, data: bytes) -> bool:
+        """Queue ``data``; False (counted, logged once until the outbox drains) if full."""
+        release_at = 0.0
+        delay = self._config.send_delay_s
+        if delay is not None:
+            delay_s = delay(self.peer, self.outbox.next_seq, len(data))
+            release_at = trio.current_time() + max(0.0, delay_s)
+        if self.outbox.push(data, release_at) is None:
+            self._counters.messages_dropped += 1
+            if not self._overflowing:
+                self._overflowing = True
+                log.warning(
+                    "node %d: queue to peer %d is full (%d bytes unacknowledged); dropping "
+                    "messages to it until it catches up",
+                    self._config.me,
+                    self.peer,
+                    self.outbox.bytes_queued,
+                )
+            return False
+        self._work_added.unpark_all()
+        return True
+
+    async def wait_drained(self) -> None:
+        """Until every queued message has been acknowledged by the peer."""
+        while len(self.outbox):
+            await self._drained.park()
+
+    async def wait_connected(self) -> None:
+        while not self.connected:
+            await self._state_changed.park()
+
+    async def run(self) -> None:
+        """Connect, carry data, reconnect: forever (until cancelled)."""
+        backoff_s = self._config.backoff_s_min
+        while True:
+            established = True  # unless the attempt says otherwise (a reset retries at once)
+            with trio.CancelScope() as self._attempt:
+                established = await self._connect_once()
+            if established:
+                backoff_s = self._config.backoff_s_min
+            else:
+                backoff_s = min(backoff_s * 2, self._config.backoff_s_max)
+            with trio.CancelScope() as self._attempt:
+                await trio.sleep(backoff_s * self._rng.uniform(0.5, 1.0))
+
+    def reconnect(self) -> None:
+        """Drop the current connection (or backoff) and dial again now.
+
+        Called when the peer shows up with a new incarnation: our connection to its old
+        incarnation is dead even if no error has reached us yet.
+        """
+        self._attempt.cancel()
+
+    # -- one connection -----------------------------------------------------------------
+
+    async def _connect_once(self) -> bool:
+        """One connection's life; True if it authenticated and then simply broke."""
+        entry = self._config.roster.entry(self.peer)
+        where = f"dialing {entry.address}"
+        stream: trio.SocketStream | None = None
+        session: tuple[FrameReader, bytes, FrameVerifier] | None = None
+        authenticated = False
+        try:
+            with trio.move_on_after(self._config.handshake_timeout_s):
+                stream = await trio.open_tcp_stream(entry.host, entry.port)
+                configure_socket(stream.socket, self._config.dead_peer_timeout_s)
+                reader = FrameReader(stream.socket, handshake.HANDSHAKE_FRAME_BYTES_MAX)
+                dialer = handshake.DialerHandshake(
+                    self._config.roster,
+                    self._config.signing_key,
+                    self.peer,
+                    self._context.incarnation,
+                    self.outbox.acked_seq,
+                )
+                secrets = await handshake.dial(stream.socket, reader, dialer)
+                authenticated = True
+                reader.frame_bytes_max = _ACK_FRAME_BYTES
+                verifier = FrameVerifier(secrets.receive_key)
+                # The acceptor's first ACK says how far it got: resend only the rest.
+                self._apply_ack(await self._receive_ack(reader, verifier))
+                session = reader, secrets.send_key, verifier
+            if stream is None or session is None:
+                self._note_refusal(f"no handshake within {self._config.handshake_timeout_s} s")
+                return False
+            await self._run_session(stream, *session)
+        except handshake.HandshakeError as error:
+            self._faults.record(error.kind, UNKNOWN_PEER, error.detail, where)
+        except (FramingError, FrameRejected, AckOutOfRange) as error:
+            accused = self.peer if authenticated else UNKNOWN_PEER
+            kind = FaultKind.PROTOCOL_VIOLATION if isinstance(error, AckOutOfRange) else error.kind
+            self._faults.record(kind, accused, str(error), where)
+        except CONNECTION_ERRORS as error:
+            self._note_refusal(_describe(error))
+            return authenticated
+        finally:
+            self._set_connected(False)
+            self.outbox.rewind()
+            if stream is not None:
+                await trio.aclose_forcefully(stream)
+        return False
+
+    async def _run_session(
+        self,
+        stream: trio.SocketStream,
+        reader: FrameReader,
+        send_key: bytes,
+        verifier: FrameVerifier,
+    ) -> None:
+        """Write the outbox and read ACKs until either side of the connection fails."""
+        if self._failed_attempts >= _ATTEMPTS_BEFORE_WARNING:
+            log.warning("node %d: link to peer %d is up again", self._config.me, self.peer)
+        self._failed_attempts = 0
+        self._set_connected(True)
+        failure: list[Exception] = []
+        async with trio.open_nursery() as nursery:
+
+            async def until_failure(loop: Callable[[], Awaitable[None]]) -> None:
+                try:
+                    await loop()
+                except (*CONNECTION_ERRORS, FramingError, FrameRejected, AckOutOfRange) as error:
+                    failure.append(error)
+                    nursery.cancel_scope.cancel()
+
+            nursery.start_soon(until_failure, partial(self._write_loop, stream, send_key))
+            nursery.start_soon(until_failure, partial(self._ack_loop, reader, verifier))
+        if failure:
+            raise failure[0]
+
+    async def _write_loop(self, stream: trio.SocketStream, send_key: bytes) -> None:
+        authenticator = FrameAuthenticator(send_key)
+        while True:
+            entry = self.outbox.peek_unsent()
+            if entry is None:
+                await self._work_added.park()
+                continue
+            if entry.release_at > trio.current_time():
+                await trio.sleep_until(entry.release_at)
+                continue
+            entry = self.outbox.take_unsent()
+            await send_buffers(stream.socket, authenticator.data_frame(entry.seq, entry.data))
+            self._counters.on_sent(self.peer, len(entry.data))
+
+    async def _ack_loop(self, reader: FrameReader, verifier: FrameVerifier) -> None:
+        while True:
+            self._apply_ack(await self._receive_ack(reader, verifier))
+
+    async def _receive_ack(self, reader: FrameReader, verifier: FrameVerifier) -> int:
+        kind, seq, payload = verifier.open(await reader.receive_frame())
+        if kind != KIND_ACK or len(payload):
+            raise FrameRejected(FaultKind.FRAME_MALFORMED, "expected an ACK frame")
+        return seq
+
+    def _apply_ack(self, seq: int) -> None:
+        if self.outbox.acknowledge(seq) and not len(self.outbox):
+            self._overflowing = False
+            self._drained.unpark_all()
+
+    # -- bookkeeping ----------------------------------------------------------------------
+
+    def _set_connected(self, connected: bool) -> None:
+        if connected != self.connected:
+            self.connected = connected
+            self._state_changed.unpark_all()
+
+    def _note_refusal(self, reason: str) -> None:
+        """A failure that is nobody's fault (peer down, restarting, refusing us): peers
+        come and go, so only a link that stays down is worth a warning."""
+        self._failed_attempts += 1
+        if self._failed_attempts == _ATTEMPTS_BEFORE_WARNING:
+            level = logging.WARNING
+        else:
+            level = logging.INFO if self._failed_attempts == 1 else logging.DEBUG
+        log.log(
+            level,
+            "node %d: link to peer %d down (%d failed attempts): %s",
+            self._config.me,
+            self.peer,
+            self._failed_attempts,
+            reason,
+        )
+
+
+def _describe(error: BaseException) -> str:
+    if isinstance(error, OSError) and error.strerror:
+        return error.strerror
+    return str(error) or type(error).__name__

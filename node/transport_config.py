@@ -1,0 +1,105 @@
+"""Configuration and errors of the TCP transport, and what its links share.
+
+Every limit is here, named after what it bounds (TIGER_STYLE: put a limit on everything).
+Whatever the settings, a node of an n-node roster holds at most about
+
+    (n-1) * queue_bytes_max                      unacknowledged outgoing messages
+  + receive_queue_bytes_max + (n-1) * frame_bytes_max   received, not yet consumed
+  + (n-1) * (frame_bytes_max + 64 KiB)           one reused read buffer per inbound link
+  + handshakes_pending_max * 4 KiB               connections not yet authenticated
+
+and nothing a peer sends before it authenticates can grow any of these.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Final
+
+import nacl.signing
+
+from node.frame_auth import DATA_BODY_OVERHEAD_BYTES
+from node.handshake import INCARNATION_BYTES
+from node.roster import Roster
+
+MIB: Final = 1024 * 1024
+
+
+class TransportError(Exception):
+    """Misuse of the transport by this node (never raised because of a peer's bytes)."""
+
+
+class TransportClosed(TransportError):
+    """The transport was used after it was closed."""
+
+
+class MessageTooLarge(TransportError, ValueError):
+    """A message does not fit in one frame of ``frame_bytes_max``."""
+
+
+@dataclass(frozen=True, slots=True)
+class TransportConfig:
+    me: int
+    signing_key: nacl.signing.SigningKey
+    roster: Roster
+    #: where to listen; None = the host/port of our own roster entry (port 0 = ephemeral)
+    listen_host: str | None = None
+    listen_port: int | None = None
+    #: per peer: bytes queued for it and not yet acknowledged; past it messages are dropped
+    queue_bytes_max: int = 256 * MIB
+    #: bytes received and not yet taken by ``receive()`` (one message always fits)
+    receive_queue_bytes_max: int = 256 * MIB
+    #: largest frame body accepted from an authenticated peer (a message plus 25 bytes)
+    frame_bytes_max: int = 64 * MIB + 64 * 1024
+    backoff_s_min: float = 0.05
+    backoff_s_max: float = 5.0
+    #: connecting plus the whole handshake must finish within this, else the link is dropped
+    handshake_timeout_s: float = 10.0
+    #: a peer that vanished without closing (power loss) is noticed within about this
+    #: (TCP keepalive and TCP_USER_TIMEOUT); a peer that restarts is noticed at once
+    dead_peer_timeout_s: float = 30.0
+    #: inbound connections allowed to be mid-handshake at once; more are closed at once
+    handshakes_pending_max: int = 64
+    #: a receiver acknowledges at least every this many messages (and whenever it is idle)
+    ack_every_messages: int = 16
+    #: seeds the reconnect jitter (derived per peer), so runs are reproducible
+    seed: int = 0
+    #: optional injected delay per (dst, seq, size_bytes): a message is not written before
+    #: enqueue time + delay (links stay FIFO). Used by the simulator's process mode.
+    send_delay_s: Callable[[int, int, int], float] | None = None
+
+    def __post_init__(self) -> None:
+        problems = []
+        if not 0 <= self.me < self.roster.n:
+            problems.append(f"me={self.me} is not an id of the roster (0..{self.roster.n - 1})")
+        elif bytes(self.signing_key.verify_key) != self.roster.public_keys[self.me]:
+            problems.append(f"the signing key is not node {self.me}'s key in the roster")
+        if self.frame_bytes_max <= DATA_BODY_OVERHEAD_BYTES:
+            problems.append("frame_bytes_max is too small to carry any message")
+        for name in ("queue_bytes_max", "receive_queue_bytes_max", "handshakes_pending_max"):
+            if getattr(self, name) < 1:
+                problems.append(f"{name} must be positive")
+        if self.ack_every_messages < 1:
+            problems.append("ack_every_messages must be positive")
+        if not 0 < self.backoff_s_min <= self.backoff_s_max:
+            problems.append("need 0 < backoff_s_min <= backoff_s_max")
+        if self.handshake_timeout_s <= 0 or self.dead_peer_timeout_s <= 0:
+            problems.append("handshake_timeout_s and dead_peer_timeout_s must be positive")
+        if problems:
+            raise ValueError("; ".join(problems))
+
+    @property
+    def message_bytes_max(self) -> int:
+        """Largest message ``send_nowait`` accepts."""
+        return self.frame_bytes_max - DATA_BODY_OVERHEAD_BYTES
+
+
+@dataclass(frozen=True, slots=True)
+class LinkContext:
+    """What every link of one transport shares (set once when the transport opens)."""
+
+    config: TransportConfig
+    #: random per transport instance: tells peers we restarted, so they reset our seqs
+    incarnation: bytes = field(default_factory=lambda: os.urandom(INCARNATION_BYTES))
