@@ -56,6 +56,7 @@ class BroadcastInstance:
         "_echo_counts",
         "_echo_signatures",
         "_echoes",
+        "_fetch_answered",
         "_fetch_asked",
         "_fetch_served",
         "_params",
@@ -95,6 +96,7 @@ class BroadcastInstance:
         self._ready_counts: dict[bytes, int] = {}
         self.delivered_digest: bytes | None = None
         self._fetch_asked: list[int] = []
+        self._fetch_answered: set[int] = set()
         self._fetch_served: set[int] = set()
         self.equivocation: EquivocationProof | None = None
 
@@ -207,9 +209,11 @@ class BroadcastInstance:
 
     def handle_fetch_reply(self, sender: int, msg: FetchReply) -> Step:
         step = Step()
-        if sender not in self._fetch_asked:
+        if sender not in self._fetch_asked or sender in self._fetch_answered:
             step.fault(sender, FaultKind.UNSOLICITED, "FETCH reply we did not ask for", self.iid)
-        elif self.payload is not None:
+            return step
+        self._fetch_answered.add(sender)  # one reply per ask: a liar cannot make us rehash
+        if self.payload is not None:
             pass  # the SEND or an earlier reply won the race: nothing to do
         elif digest(msg.payload) != self.delivered_digest:
             step.fault(sender, FaultKind.FETCH_MISMATCH, "FETCH reply has another digest", self.iid)

@@ -86,6 +86,8 @@ def test_fetch_from_echoers_one_at_a_time() -> None:
     assert kinds(rb.handle_fetch_reply(3, FetchReply(IID, payload))) == [FaultKind.UNSOLICITED]
     step = rb.handle_fetch_reply(2, FetchReply(IID, payload))
     assert step.outputs == [Delivered(IID, payload)] and not step.faults
+    # one reply per ask: a second one, even correct, is unsolicited
+    assert kinds(rb.handle_fetch_reply(1, FetchReply(IID, payload))) == [FaultKind.UNSOLICITED]
 
 
 def test_fetch_is_served_once_and_only_for_what_we_echoed() -> None:
