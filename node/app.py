@@ -1,0 +1,393 @@
+"""One real node at run time: transport + core + trainer under the runner, and its outputs.
+
+node/startup.py has already loaded and checked everything; :func:`run_node` opens the
+authenticated TCP transport, builds the protocol core (ed25519 signatures, always on for
+real nodes) and drives the shared :class:`~node.runner.Runner`, the one place effects
+happen. :class:`NodeApp` is the runner's observer: it turns outputs, faults and finished
+steps into the metrics file, the log, the progress line and the checkpoints. After the
+last step the node lingers, still serving peers so slower ones can finish, then writes a
+summary record and returns its exit status.
+
+SIGINT and SIGTERM stop the node cleanly (summary written, exit 130 / 143). No checkpoint
+is taken then: mid-step the trainer holds a gradient that was never applied, and the last
+periodic checkpoint is the consistent state to resume from.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import signal
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Mapping
+from typing import IO, Final
+
+import trio
+
+from node.checkpoint import Checkpoint
+from node.metrics import MetricsWriter, Progress, ProgressLine, is_log_point, peer_keyed
+from node.roster import parse_address
+from node.runner import Runner, RunnerHooks, StepRecord
+from node.startup import PreparedNode, announce
+from node.transport import TcpTransport, TransportError, open_tcp_transport
+from protocol.core import NodeCore
+from protocol.crypto import Ed25519Scheme
+from protocol.messages import Phase
+from protocol.step import Fault, Output, RoundStarted
+
+log = logging.getLogger("jungle.node")
+
+#: exit statuses of ``jungle node``
+EXIT_DONE: Final = 0
+EXIT_FAILED: Final = 1
+EXIT_ON_SIGNAL: Final = {signal.SIGINT: 130, signal.SIGTERM: 143}
+#: how often the progress line refreshes between steps (peers come and go)
+PROGRESS_REFRESH_S: Final = 1.0
+
+
+def run(prepared: PreparedNode, progress_stream: IO[str] | None = None) -> int:
+    """Run the node to completion (blocking); returns the process exit status."""
+    return trio.run(run_node, prepared, progress_stream)
+
+
+async def run_node(prepared: PreparedNode, progress_stream: IO[str] | None = None) -> int:
+    """Run the node until its last step plus ``linger_s``, or a signal. The exit status."""
+    metrics = MetricsWriter(prepared.config.node.metrics_file, prepared.config.node.id)
+    progress = None if progress_stream is None else ProgressLine(progress_stream)
+    try:
+        return await NodeApp(prepared, metrics, progress).run()
+    finally:
+        if progress is not None:
+            progress.finish()
+        metrics.close()
+
+
+class NodeApp:
+    """The runner's observer for one real node: metrics, log, progress line, checkpoints."""
+
+    def __init__(
+        self, prepared: PreparedNode, metrics: MetricsWriter, progress: ProgressLine | None
+    ) -> None:
+        self._prepared = prepared
+        self._config = prepared.config
+        self._me = prepared.config.node.id
+        self._metrics = metrics
+        self._progress = progress
+        self._rounds_by_step: Counter[int] = Counter()
+        self._started_s = time.monotonic()
+        self._last_step_s = self._started_s
+        self._accuracy: float | None = None
+        self._outcome = "done"
+        self._status = EXIT_DONE
+        self._run_scope = trio.CancelScope()
+        self._checkpoint_failures = 0
+        self._runner: Runner | None = None
+        self._transport: TcpTransport | None = None
+
+    # ---------------------------------------------------------------------- the run
+
+    async def run(self) -> int:
+        prepared = self._prepared
+        scheme = Ed25519Scheme(bytes(prepared.signing_key), prepared.roster.public_keys)
+        strategy = prepared.strategy
+        core = NodeCore(
+            prepared.protocol_config,
+            scheme,
+            vector_filter=None if strategy is None else strategy.vector,
+        )
+        if strategy is not None:
+            from sim.strategies import StrategyContext, strategy_rng
+
+            strategy.bind(
+                StrategyContext.from_config(
+                    prepared.protocol_config,
+                    scheme,
+                    strategy_rng(self._config.task.seed, self._me),
+                    lambda: core.current_step,
+                    num_classes=prepared.num_classes,
+                )
+            )
+        announce(prepared)
+        listeners = await self._listen()
+        if listeners is None:
+            return EXIT_FAILED
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._watch_signals, signals)
+                async with open_tcp_transport(prepared.transport_config, listeners=listeners) as tr:
+                    self._transport = tr
+                    await self._run_learning(core, tr)
+                nursery.cancel_scope.cancel()
+        self._write_summary()
+        return self._status
+
+    async def _listen(self) -> list[trio.SocketListener] | None:
+        """Bind first, so a busy port is one clear line rather than a traceback."""
+        node, entry = self._config.node, self._prepared.roster.entry(self._me)
+        host, port = (entry.host, entry.port) if node.listen is None else parse_address(node.listen)
+        try:
+            return await trio.open_tcp_listeners(port, host=host)
+        except OSError as error:
+            where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+            log.error("cannot listen on %s: %s", where, error.strerror or error)
+            return None
+
+    async def _run_learning(self, core: NodeCore, transport: TcpTransport) -> None:
+        prepared, node = self._prepared, self._config.node
+        strategy = prepared.strategy
+        runner = Runner(
+            core,
+            transport,
+            prepared.trainer,
+            steps=node.steps,
+            start_step=prepared.start_step,
+            eval_every=node.eval_every,
+            clock=time.time,
+            hooks=RunnerHooks(
+                on_output=self._on_output,
+                on_fault=self._on_fault,
+                on_step=self._on_step,
+                on_step_end=self._on_step_end,
+                outgoing_filter=None if strategy is None else strategy.outgoing,
+            ),
+        )
+        self._runner = runner
+        self._metrics.write(
+            "start",
+            public_key=prepared.public_key,
+            session=prepared.roster.session_name,
+            session_id=prepared.roster.session_id.hex(),
+            n=prepared.roster.n,
+            start_step=prepared.start_step,
+            steps=node.steps,
+            resumed=prepared.start_step > 0,
+            dim=prepared.trainer.dim,
+            listen_port=transport.listen_port,
+            byzantine=self._config.byzantine.strategy,
+            config=self._config.to_json(),
+        )
+        if strategy is not None and strategy.crashed(prepared.start_step):
+            self._crash(prepared.start_step)
+        async with trio.open_nursery() as nursery:
+            if self._progress is not None:
+                nursery.start_soon(self._refresh_progress)
+            with self._run_scope:
+                await self._wait_for_peers(transport)
+                await runner.run(self._receive, node.tick_interval_s, node.linger_s)
+                log.info(
+                    "finished %d steps in %.1f s; last test accuracy %s",
+                    runner.step,
+                    time.monotonic() - self._started_s,
+                    "-" if self._accuracy is None else f"{self._accuracy:.4f}",
+                )
+            nursery.cancel_scope.cancel()
+
+    async def _wait_for_peers(self, transport: TcpTransport) -> None:
+        """Up to ``wait_for_peers_s`` for every peer, so a cluster begins together.
+
+        Not needed for safety or liveness (n - f nodes make progress, latecomers catch up),
+        but nodes started by hand seconds apart would otherwise leave the last ones to
+        skip the first steps."""
+        wait_s = self._config.node.wait_for_peers_s
+        peers = self._prepared.roster.n - 1
+        if wait_s <= 0 or self._prepared.start_step >= self._config.node.steps:
+            return
+        with trio.move_on_after(wait_s):
+            await transport.wait_connected()
+            log.info("all %d peers reachable; starting", peers)
+            return
+        log.warning(
+            "%d of %d peers reachable after %.0f s; starting anyway (n - f suffice)",
+            len(transport.peers_connected()),
+            peers,
+            wait_s,
+        )
+
+    async def _receive(self) -> tuple[int, bytes]:
+        """The transport's next message; a Byzantine strategy may answer it with extras."""
+        assert self._transport is not None
+        src, data = await self._transport.receive()
+        strategy = self._prepared.strategy
+        if strategy is not None:
+            for dst, extra in strategy.on_receive(src, data):
+                if 0 <= dst < self._prepared.roster.n and dst != self._me:
+                    try:
+                        self._transport.send_nowait(dst, extra)
+                    except TransportError as error:
+                        log.debug("byzantine extra message to %d not sent: %s", dst, error)
+        return src, data
+
+    async def _watch_signals(self, signals: AsyncIterator[int]) -> None:
+        async for signum in signals:
+            name = signal.Signals(signum).name
+            log.warning("%s received: stopping (last checkpoint kept)", name)
+            self._outcome = f"stopped by {name}"
+            self._status = EXIT_ON_SIGNAL.get(signal.Signals(signum), EXIT_FAILED)
+            self._run_scope.cancel()
+            return
+
+    async def _refresh_progress(self) -> None:
+        while True:
+            self._show_progress()
+            await trio.sleep(PROGRESS_REFRESH_S)
+
+    # -------------------------------------------------------------------- runner hooks
+
+    def _on_output(self, node: int, output: Output) -> None:
+        if isinstance(output, RoundStarted):
+            self._rounds_by_step[output.step] += 1
+            self._metrics.write(
+                "round",
+                step=output.step,
+                phase=Phase(output.phase).name.lower(),
+                round=output.round,
+            )
+
+    def _on_fault(self, node: int, fault: Fault) -> None:
+        self._metrics.fault(fault, self._runner.step if self._runner is not None else -1)
+
+    def _on_step(self, record: StepRecord) -> None:
+        assert self._runner is not None and self._transport is not None
+        now_s = time.monotonic()
+        runner_stats = self._runner.statistics()
+        transport_stats = self._transport.statistics()
+        peers_connected = len(self._transport.peers_connected())
+        if record.test_accuracy is not None:
+            self._accuracy = record.test_accuracy
+        rounds = self._rounds_by_step.pop(record.step, 0)
+        for skipped in [step for step in self._rounds_by_step if step < record.step]:
+            del self._rounds_by_step[skipped]  # steps jumped over after a restart
+        self._metrics.write(
+            "step",
+            step=record.step,
+            rounds=rounds,
+            train_loss=record.train_loss,
+            test_loss=record.test_loss,
+            test_accuracy=record.test_accuracy,
+            bytes_sent=transport_stats.bytes_sent,
+            bytes_received=transport_stats.bytes_received,
+            messages_sent=transport_stats.messages_sent,
+            messages_received=transport_stats.messages_received,
+            messages_dropped=transport_stats.messages_dropped,
+            peers_connected=peers_connected,
+            faults=dict(record.faults),
+            faults_by_accused={str(k): v for k, v in runner_stats.faults_by_accused.items()},
+            transport_faults=peer_keyed(transport_stats.faults),
+            jumps=runner_stats.jumps,
+            step_s=round(now_s - self._last_step_s, 6),
+            elapsed_s=round(now_s - self._started_s, 6),
+        )
+        self._last_step_s = now_s
+        steps = self._config.node.steps
+        if record.test_accuracy is not None or record.step == 0:
+            log.info(
+                "step %d/%d: train loss %s, test loss %s, accuracy %s; %d/%d peers, "
+                "%.1f MB sent, %.1f MB received, %d faults",
+                record.step + 1,
+                steps,
+                _number(record.train_loss),
+                _number(record.test_loss),
+                _number(record.test_accuracy),
+                peers_connected,
+                self._prepared.roster.n - 1,
+                transport_stats.bytes_sent / 1e6,
+                transport_stats.bytes_received / 1e6,
+                _fault_total(record.faults, transport_stats.faults),
+            )
+        self._show_progress()
+
+    def _on_step_end(self, next_step: int) -> None:
+        node = self._config.node
+        if next_step % node.checkpoint_every == 0 or next_step >= node.steps:
+            self._save_checkpoint(next_step)
+        strategy = self._prepared.strategy
+        if strategy is not None and strategy.crashed(next_step):
+            self._crash(next_step)
+
+    # ---------------------------------------------------------------------- helpers
+
+    def _save_checkpoint(self, next_step: int) -> None:
+        store = self._prepared.checkpoints
+        if store is None:
+            return
+        prepared = self._prepared
+        checkpoint = Checkpoint(
+            step=next_step,
+            session_id_hex=prepared.roster.session_id.hex(),
+            public_key_b64=prepared.public_key,
+            resume_digest=self._config.resume_digest(),
+            trainer_state=prepared.trainer.state_dict(),
+        )
+        try:
+            store.save(checkpoint)
+        except OSError as error:
+            # A full disk must not stop the learning; the previous checkpoint is intact.
+            self._checkpoint_failures += 1
+            if is_log_point(self._checkpoint_failures):
+                log.error("checkpoint at step %d failed: %s", next_step, error)
+            return
+        self._metrics.write("checkpoint", step=next_step, path=str(store.path))
+        log.debug("checkpoint written at step %d", next_step)
+
+    def _crash(self, step: int) -> None:
+        log.warning("BYZANTINE MODE: the strategy crashes this node at step %d", step)
+        self._outcome = f"byzantine crash at step {step}"
+        if self._runner is not None:
+            self._runner.stop()
+        self._run_scope.cancel()
+
+    def _show_progress(self) -> None:
+        if self._progress is None or self._runner is None or self._transport is None:
+            return
+        stats = self._transport.statistics()
+        runner_stats = self._runner.statistics()
+        self._progress.show(
+            Progress(
+                step=self._runner.step,
+                steps=self._config.node.steps,
+                accuracy=self._accuracy,
+                peers_connected=len(self._transport.peers_connected()),
+                peers=self._prepared.roster.n - 1,
+                bytes_sent=stats.bytes_sent,
+                faults=_fault_total(runner_stats.faults_by_kind, stats.faults),
+            )
+        )
+
+    def _write_summary(self) -> None:
+        runner, transport = self._runner, self._transport
+        fields: dict[str, object] = {"outcome": self._outcome, "exit_status": self._status}
+        if runner is not None:
+            stats = runner.statistics()
+            fields.update(
+                step=stats.step,
+                steps=stats.steps_total,
+                done=stats.done,
+                test_accuracy=self._accuracy,
+                messages_in=stats.messages_in,
+                messages_out=stats.messages_out,
+                faults=dict(stats.faults_by_kind),
+                faults_by_accused={str(k): v for k, v in stats.faults_by_accused.items()},
+                jumps=stats.jumps,
+            )
+        if transport is not None:
+            tstats = transport.statistics()
+            fields.update(
+                bytes_sent=tstats.bytes_sent,
+                bytes_received=tstats.bytes_received,
+                messages_dropped=tstats.messages_dropped,
+                transport_faults=peer_keyed(tstats.faults),
+            )
+        if self._prepared.checkpoints is not None:
+            fields["checkpoints_written"] = self._prepared.checkpoints.statistics().saves
+        fields["elapsed_s"] = round(time.monotonic() - self._started_s, 6)
+        self._metrics.write("summary", **fields)
+
+
+def _number(value: float | None) -> str:
+    return "-" if value is None or not math.isfinite(value) else f"{value:.4f}"
+
+
+def _fault_total(protocol: Mapping[str, int], transport: Mapping[str, Mapping[int, int]]) -> int:
+    """Faults detected so far, protocol and transport together."""
+    return sum(protocol.values()) + sum(sum(by.values()) for by in transport.values())

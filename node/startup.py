@@ -1,0 +1,327 @@
+"""Start-up: everything a real node loads and checks before it opens a single socket.
+
+:func:`prepare_node` checks the key file, the roster, this node's id and key in it, n
+against f for the aggregator, the task (a user's module may be missing), the data
+partition, the transport limits, a Byzantine strategy spec, and a checkpoint to resume.
+Each problem is one line of a :class:`StartupError`, and as many are collected as can be
+before one blocks the next, so an operator fixes them in one go. node/app.py runs what
+this returns.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import nacl.signing
+
+from node.checkpoint import CheckpointError, CheckpointStore
+from node.config import NodeConfig
+from node.keys import KeyFileError, load_signing_key, public_key_b64
+from node.roster import Roster, RosterError, load_roster, parse_address
+from node.transport_config import TransportConfig
+from protocol.aggregate import min_nodes
+
+if TYPE_CHECKING:
+    from node.trainer import Trainer
+    from protocol.core import ProtocolConfig
+
+log = logging.getLogger("jungle.node")
+
+
+class StartupError(Exception):
+    """The node cannot start; ``problems`` holds one line per problem found."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = tuple(problems)
+        super().__init__("\n".join(self.problems))
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedNode:
+    """Everything checked and loaded; nothing opened yet."""
+
+    config: NodeConfig
+    signing_key: nacl.signing.SigningKey
+    roster: Roster
+    transport_config: TransportConfig
+    protocol_config: ProtocolConfig
+    trainer: Trainer
+    checkpoints: CheckpointStore | None
+    #: the step to start at (> 0 when resuming from a checkpoint)
+    start_step: int
+    #: classes the task's model scores (for strategies that need it)
+    num_classes: int
+    #: the Byzantine strategy (sim.strategies), not bound yet; None for an honest node
+    strategy: Any = None
+
+    @property
+    def public_key(self) -> str:
+        return public_key_b64(self.signing_key)
+
+
+def prepare_node(config: NodeConfig) -> PreparedNode:
+    """Load and check everything :func:`run_node` needs; :class:`StartupError` otherwise."""
+    problems: list[str] = []
+    node = config.node
+    signing_key = roster = None
+    try:
+        signing_key = load_signing_key(node.key_file)
+    except KeyFileError as error:
+        problems.append(str(error))
+    try:
+        roster = load_roster(node.roster)
+    except RosterError as error:
+        problems.extend(error.problems)
+    strategy = _load_strategy(config, problems)
+    problems.extend(_output_problems(config))
+    if roster is not None:
+        problems.extend(_membership_problems(config, roster, signing_key))
+    if problems:
+        raise StartupError(problems)
+    assert signing_key is not None and roster is not None
+    transport_config = _transport_config(config, roster, signing_key, problems)
+    learner = _trainer(config, roster, strategy, problems)
+    if problems or transport_config is None or learner is None:
+        raise StartupError(problems)
+    trainer, num_classes = learner
+
+    from protocol.core import ProtocolConfig
+
+    protocol_config = ProtocolConfig(
+        n=roster.n,
+        f=node.f,
+        me=node.id,
+        session=roster.session_id,
+        dim=trainer.dim,
+        aggregator=config.protocol.aggregator,
+        schedule=config.round_schedule(),
+        steps_ahead_max=config.protocol.steps_ahead_max,
+        steps_retained=config.protocol.steps_retained,
+    )
+    checkpoints = (
+        None if node.checkpoint_dir is None else CheckpointStore(node.checkpoint_dir, node.id)
+    )
+    start_step = 0
+    if checkpoints is not None:
+        start_step = _resume(config, checkpoints, roster, signing_key, trainer, problems)
+    if problems:
+        raise StartupError(problems)
+    return PreparedNode(
+        config,
+        signing_key,
+        roster,
+        transport_config,
+        protocol_config,
+        trainer,
+        checkpoints,
+        start_step,
+        num_classes,
+        strategy,
+    )
+
+
+def _output_problems(config: NodeConfig) -> list[str]:
+    """The metrics file and checkpoint folder must be writable now, not at step 10."""
+    problems = []
+    metrics, folder = config.node.metrics_file, config.node.checkpoint_dir
+    try:
+        if metrics is not None:
+            metrics.parent.mkdir(parents=True, exist_ok=True)
+            with open(metrics, "a", encoding="utf-8"):
+                pass
+    except OSError as error:
+        problems.append(f"{metrics}: cannot write the metrics file: {error.strerror}")
+    try:
+        if folder is not None:
+            folder.mkdir(parents=True, exist_ok=True)
+            if not os.access(folder, os.W_OK | os.X_OK):
+                raise PermissionError(13, "Permission denied")
+    except OSError as error:
+        problems.append(f"{folder}: cannot write checkpoints there: {error.strerror}")
+    return problems
+
+
+def _membership_problems(
+    config: NodeConfig, roster: Roster, signing_key: nacl.signing.SigningKey | None
+) -> list[str]:
+    node, problems = config.node, []
+    roster_name = node.roster
+    if not 0 <= node.id < roster.n:
+        problems.append(
+            f"node id {node.id} is not in the roster {roster_name} (ids 0..{roster.n - 1})"
+        )
+    elif signing_key is not None and bytes(signing_key.verify_key) != roster.public_keys[node.id]:
+        holder = roster.id_of_key(bytes(signing_key.verify_key))
+        where = "is not in the roster" if holder is None else f"is node {holder}'s"
+        problems.append(
+            f"key {node.key_file} (public key {public_key_b64(signing_key)}) {where}, "
+            f"not node {node.id}'s in {roster_name}"
+        )
+    try:
+        needed = min_nodes(config.protocol.aggregator, node.f)
+    except ValueError as error:
+        problems.append(str(error))
+    else:
+        if roster.n < needed:
+            rule = "6f+1" if needed == 6 * node.f + 1 else "3f+1"
+            problems.append(
+                f"n={roster.n} nodes cannot tolerate f={node.f} with {config.protocol.aggregator}: "
+                f"it needs n >= {rule} = {needed}"
+            )
+    return problems
+
+
+def _transport_config(
+    config: NodeConfig,
+    roster: Roster,
+    signing_key: nacl.signing.SigningKey,
+    problems: list[str],
+) -> TransportConfig | None:
+    listen: dict[str, Any] = {}
+    if config.node.listen is not None:
+        host, port = parse_address(config.node.listen)  # checked by load_config
+        listen = {"listen_host": host, "listen_port": port}
+    try:
+        return TransportConfig(
+            me=config.node.id,
+            signing_key=signing_key,
+            roster=roster,
+            seed=config.task.seed,
+            **listen,
+            **config.transport_options(),
+        )
+    except ValueError as error:
+        problems.append(f"[transport] {error}")
+        return None
+
+
+def _load_strategy(config: NodeConfig, problems: list[str]) -> Any:
+    spec = config.byzantine.strategy
+    if spec is None:
+        return None
+    if not isinstance(spec, str | dict | list):
+        problems.append(f"[byzantine] strategy must be a name, a table or a list, got {spec!r}")
+        return None
+    try:
+        from sim.strategies import load_strategy
+    except ImportError as error:
+        problems.append(f"[byzantine] strategies are unavailable: {error}")
+        return None
+    try:
+        return load_strategy(spec)
+    except (ValueError, TypeError, ImportError, AttributeError) as error:
+        problems.append(f"[byzantine] strategy {spec!r}: {error}")
+        return None
+
+
+def _trainer(
+    config: NodeConfig, roster: Roster, strategy: Any, problems: list[str]
+) -> tuple[Trainer, int] | None:
+    """This node's trainer on its part of the task's train set, and the task's classes."""
+    from node.partition import partition
+    from node.tasks import load_task
+    from node.trainer import Trainer
+
+    task_settings = config.task
+    try:
+        task = load_task(task_settings.name, task_settings.seed)
+    except ValueError as error:
+        problems.append(f"[task] {error}")
+        return None
+    parts = roster.n if task_settings.parts is None else task_settings.parts
+    part = config.node.id if task_settings.part is None else task_settings.part
+    if part >= parts:
+        problems.append(f"[task] part {part} does not exist: the train set is cut in {parts} parts")
+        return None
+    try:
+        # The same arguments on every node give the same split (partition is a pure function).
+        indices = partition(
+            task.train.y.numpy(),
+            parts,
+            task_settings.partition,
+            task_settings.seed,
+            alpha=task_settings.alpha,
+            shards_per_node=task_settings.shards_per_node,
+        )[part]
+        label_map = None if strategy is None else strategy.label_map(task.num_classes)
+        trainer = Trainer(task, indices, config.trainer_config(), config.node.id, label_map)
+        return trainer, task.num_classes
+    except ValueError as error:
+        problems.append(f"[task] {error}")
+        return None
+
+
+def _resume(
+    config: NodeConfig,
+    store: CheckpointStore,
+    roster: Roster,
+    signing_key: nacl.signing.SigningKey,
+    trainer: Trainer,
+    problems: list[str],
+) -> int:
+    try:
+        checkpoint = store.load()
+        if checkpoint is None:
+            return 0
+        store.check_belongs(
+            checkpoint,
+            session_id_hex=roster.session_id.hex(),
+            public_key_b64=public_key_b64(signing_key),
+            digest=config.resume_digest(),
+        )
+        trainer.load_state_dict(checkpoint.trainer_state)
+    except CheckpointError as error:
+        problems.append(str(error))
+        return 0
+    except (ValueError, KeyError, TypeError, AttributeError, RuntimeError) as error:
+        problems.append(f"{store.path}: checkpoint does not fit this model: {error!r}")
+        return 0
+    return checkpoint.step
+
+
+def announce(prepared: PreparedNode) -> None:
+    """Log who this node is and what it runs (the first lines an operator reads)."""
+    config = prepared.config
+    node, roster, task, protocol = config.node, prepared.roster, config.task, config.protocol
+    log.info(
+        "node %d starting: public key %s, session %r (id %s...), n=%d f=%d, listening on %s",
+        node.id,
+        prepared.public_key,
+        roster.session_name,
+        roster.session_id.hex()[:16],
+        roster.n,
+        node.f,
+        node.listen or roster.entry(node.id).address,
+    )
+    log.info(
+        "task %s (seed %d, %s partition), %d parameters; %s, gradient rounds %s, "
+        "model rounds %d; %d steps",
+        task.name,
+        task.seed,
+        task.partition,
+        prepared.trainer.dim,
+        protocol.aggregator,
+        protocol.gradient_rounds,
+        protocol.model_rounds,
+        node.steps,
+    )
+    if prepared.start_step:
+        assert prepared.checkpoints is not None
+        log.info(
+            "resumed from checkpoint %s at step %d with the same public key %s",
+            prepared.checkpoints.path,
+            prepared.start_step,
+            prepared.public_key,
+        )
+    if prepared.strategy is not None:
+        banner = "*" * 76
+        log.warning(banner)
+        log.warning(
+            "BYZANTINE MODE: strategy %r: this node WILL MISBEHAVE against its peers.",
+            config.byzantine.strategy,
+        )
+        log.warning("For testing and research only; never in a real deployment.")
+        log.warning(banner)
