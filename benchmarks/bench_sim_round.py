@@ -1,0 +1,178 @@
+"""Wall time per agreement round in the simulator, by system size, signatures on and off.
+
+    python -m benchmarks.bench_sim_round                 # n in {4, 16, 31, 64}, d = 1e4
+    python -m benchmarks.bench_sim_round --sizes 4 16 --rounds 3
+
+Each case is one averaging agreement of ``--rounds`` rounds (RB-TM with witnesses, the
+real :class:`~protocol.core.NodeCore`) among n nodes, f = (n-1)//3, on seeded random
+vectors of dimension d, over the simulator's :class:`~sim.network.VirtualNetwork`
+(log-normal link delays, trio ``MockClock``); no training. A round costs about
+4 n^2 (n-1) messages (ECHO and READY for n VECTOR and n REPORT broadcasts), so the
+time per round grows as n^3.
+
+Baseline, timed in the same run: the same cores of the n=16 case delivering through a
+plain FIFO queue (no network, no virtual time), which prices the simulator's own
+overhead per message. The goal (n=64 under 10 s per round with signatures off) is
+reported, not enforced: timings move with the machine's load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import os
+import platform
+import time
+from collections.abc import Callable
+
+import numpy as np
+import trio
+import trio.testing
+
+from protocol.codec import encode
+from protocol.core import GradientSchedule, NodeCore, ProtocolConfig, RoundSchedule
+from protocol.crypto import Ed25519Scheme, SignatureScheme, UnsignedScheme
+from protocol.messages import Phase
+from protocol.step import EVERYONE, Step
+from sim.adapters import BroadcastClassifier
+from sim.engine import roster_keys, signing_seed
+from sim.network import VirtualNetwork
+from sim.schedulers import DefaultScheduler
+
+SIZES = (4, 16, 31, 64)
+DIM = 10_000
+GOAL_N = 64
+GOAL_S_PER_ROUND = 10.0
+BASELINE_N = 16
+SESSION = bytes(32)
+
+Send = Callable[[int, bytes], None]
+
+
+def build_cores(n: int, rounds: int, crypto: bool, seed: int) -> list[NodeCore]:
+    f = (n - 1) // 3
+    schedule = RoundSchedule(GradientSchedule.CONSTANT, gradient_rounds=rounds, model_rounds=0)
+    keys = tuple(roster_keys(seed, n)) if crypto else ()
+    cores = []
+    for me in range(n):
+        scheme: SignatureScheme = (
+            Ed25519Scheme(signing_seed(seed, me), keys) if crypto else UnsignedScheme()
+        )
+        config = ProtocolConfig(n=n, f=f, me=me, session=SESSION, dim=DIM, schedule=schedule)
+        cores.append(NodeCore(config, scheme))
+    return cores
+
+
+def execute(me: int, n: int, step: Step, send: Send) -> None:
+    """A runner's effects, minus learning: encode each message once, send it out."""
+    for outgoing in step.messages:
+        data = encode(outgoing.message)
+        if outgoing.to == EVERYONE:
+            for dst in range(n):
+                if dst != me:
+                    send(dst, data)
+        else:
+            send(outgoing.to, data)
+
+
+def inputs(n: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((n, DIM)).astype(np.float32)
+
+
+def run_network(n: int, rounds: int, crypto: bool, seed: int) -> tuple[float, int]:
+    """(wall seconds, messages delivered) of one agreement over the virtual network."""
+    cores = build_cores(n, rounds, crypto, seed)
+    network = VirtualNetwork(n, seed, DefaultScheduler(), BroadcastClassifier())
+    vectors = inputs(n, seed)
+
+    def handler(me: int) -> Callable[[int, bytes], None]:
+        core = cores[me]
+        send = network.endpoint(me).send_nowait
+
+        def deliver(src: int, data: bytes) -> None:
+            execute(me, n, core.receive(src, data), send)
+
+        return deliver
+
+    undecided = list(range(n))
+
+    def decided() -> bool:
+        """Whether every core decided; a decided core is never asked again."""
+        while undecided:
+            agreement = cores[undecided[-1]].agreement(0, Phase.GRADIENT)
+            if agreement is None or not agreement.decided:
+                return False
+            undecided.pop()
+        return True
+
+    async def main() -> None:
+        for me, core in enumerate(cores):
+            execute(
+                me,
+                n,
+                core.propose(0, Phase.GRADIENT, vectors[me]),
+                network.endpoint(me).send_nowait,
+            )
+        await network.run({i: handler(i) for i in range(n)}, decided, 1e6, clock_lag_max_s=1e-3)
+
+    started = time.perf_counter()
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    elapsed = time.perf_counter() - started
+    assert decided(), f"n={n} did not decide (seed {seed})"
+    return elapsed, network.statistics().messages_delivered
+
+
+def run_fifo(n: int, rounds: int, seed: int) -> tuple[float, int]:
+    """The baseline: the same agreement through one FIFO queue, no network at all."""
+    cores = build_cores(n, rounds, False, seed)
+    queue: collections.deque[tuple[int, int, bytes]] = collections.deque()
+    vectors = inputs(n, seed)
+
+    def sender(me: int) -> Send:
+        return lambda dst, data: queue.append((me, dst, data))
+
+    started = time.perf_counter()
+    for me, core in enumerate(cores):
+        execute(me, n, core.propose(0, Phase.GRADIENT, vectors[me]), sender(me))
+    delivered = 0
+    while queue:
+        src, dst, data = queue.popleft()
+        delivered += 1
+        execute(dst, n, cores[dst].receive(src, data), sender(dst))
+    return time.perf_counter() - started, delivered
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=list(SIZES))
+    parser.add_argument("--rounds", type=int, default=2, help="rounds of the one agreement")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    print(
+        f"simulator, one agreement of {args.rounds} rounds, d={DIM}, f=(n-1)//3, seed {args.seed}; "
+        f"{platform.machine()}, {os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}"
+    )
+    fifo_s, fifo_messages = run_fifo(BASELINE_N, args.rounds, args.seed)
+    fifo_us = fifo_s / fifo_messages * 1e6
+    print(f"baseline: n={BASELINE_N} through a FIFO queue, no network: {fifo_us:.1f} us/message")
+    print(
+        f"{'n':>3} {'f':>3} {'msgs/round':>11} {'s/round off':>12} {'s/round on':>11} "
+        f"{'on/off':>7} {'us/msg off':>11} {'vs FIFO':>8}"
+    )
+    for n in args.sizes:
+        off_s, messages = run_network(n, args.rounds, False, args.seed)
+        on_s, _ = run_network(n, args.rounds, True, args.seed)
+        per_message_us = off_s / messages * 1e6
+        print(
+            f"{n:>3} {(n - 1) // 3:>3} {messages / args.rounds:>11,.0f} "
+            f"{off_s / args.rounds:>12.3f} {on_s / args.rounds:>11.3f} {on_s / off_s:>7.2f} "
+            f"{per_message_us:>11.1f} {per_message_us / fifo_us:>7.2f}x"
+        )
+        if n == GOAL_N:
+            verdict = "met" if off_s / args.rounds < GOAL_S_PER_ROUND else "NOT met"
+            goal = f"n={GOAL_N} under {GOAL_S_PER_ROUND:.0f} s per round, signatures off"
+            print(f"    goal: {goal}: {verdict}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,397 @@
+"""The simulation engine: a scenario's n real runners over one virtual network.
+
+Every node is what ``jungle node`` runs (a :class:`~node.trainer.Trainer`, a
+:class:`~protocol.core.NodeCore`, a :class:`~node.runner.Runner`); only the transport is
+virtual. Byzantine nodes run the same stack bent by their strategy's hooks. One
+``trio.run`` under ``MockClock(autojump_threshold=0)`` drives the network's single
+delivery loop, so a run costs the CPU time of its messages and none of its virtual delays.
+
+Determinism (DESIGN 6): every random stream is derived from the scenario seed keyed by
+purpose and node id (:func:`stream_seed`), the network orders events totally, runners read
+the network's virtual clock, and every decision of every node is folded into the trace
+digest next to every delivery. Same seed, same digest; any failure prints the seed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+import blake3
+import nacl.signing
+import numpy as np
+import trio
+import trio.testing
+
+from node.partition import partition
+from node.runner import Runner, RunnerHooks, StepRecord
+from node.tasks import derive_seed, load_task
+from node.trainer import Trainer, TrainerConfig
+from protocol.core import NodeCore, ProtocolConfig
+from protocol.crypto import Ed25519Scheme, SignatureScheme, UnsignedScheme, digest
+from protocol.step import Decided, Fault, Output, RoundStarted
+from sim.adapters import BroadcastClassifier, DivergenceGuard
+from sim.metrics import MetricsLog, RoundBook
+from sim.network import StopReason, VirtualNetwork
+from sim.progress import Progress, ProgressSnapshot
+from sim.scenario import Scenario, ScenarioError
+from sim.schedulers import load_scheduler
+from sim.strategies import Strategy, StrategyContext, load_strategy, strategy_rng
+from sim.summary import Summary, build_summary
+
+# Purposes keying the streams derived from the scenario seed (DESIGN 6, rule 1).
+PURPOSE_TASK: Final = 1
+PURPOSE_PARTITION: Final = 2
+PURPOSE_TRAINER: Final = 3
+PURPOSE_NETWORK: Final = 4
+PURPOSE_KEYS: Final = 5
+#: lets ``trio.current_time()`` trail the network by up to 1 ms: one trio sleep per
+#: stretch of events instead of one per event (sim/network.py, ``VirtualNetwork.run``)
+CLOCK_LAG_MAX_S: Final = 1e-3
+#: Byzantine runners evaluate only after their last step: their accuracy is not reported
+_NEVER: Final = 2**62
+
+
+def stream_seed(seed: int, purpose: int, *ids: int) -> int:
+    """The 64-bit seed of the stream ``(purpose, *ids)`` of a scenario seeded ``seed``."""
+    return derive_seed(seed, purpose, *ids)
+
+
+def signing_seed(seed: int, node: int) -> bytes:
+    """Node ``node``'s deterministic Ed25519 seed (32 bytes) in a run seeded ``seed``."""
+    state = np.random.SeedSequence([seed, PURPOSE_KEYS, node]).generate_state(8, dtype=np.uint32)
+    return state.astype("<u4").tobytes()
+
+
+def roster_keys(seed: int, n: int) -> list[bytes]:
+    """Every node's public key: what an offline verifier of evidence needs."""
+    return [bytes(nacl.signing.SigningKey(signing_seed(seed, i)).verify_key) for i in range(n)]
+
+
+def session_id(scenario: Scenario, seed: int, public_keys: list[bytes]) -> bytes:
+    """The run's 32-byte session id: a digest of its roster (DESIGN 3) and seed."""
+    hasher = blake3.blake3(b"jungle/sim/v1\x00")
+    hasher.update(f"{scenario.name}\x00{seed}\x00{scenario.n}\x00{scenario.f}\x00".encode())
+    for key in public_keys:
+        hasher.update(key)
+    return hasher.digest(32)
+
+
+@dataclass(frozen=True, slots=True)
+class RunOutcome:
+    completed: bool
+    stop_reason: str
+    virtual_seconds: float
+
+
+class Simulation:
+    """One scenario, built and ready to :meth:`run` (once)."""
+
+    def __init__(
+        self, scenario: Scenario, out_dir: Path | None = None, progress: Progress | None = None
+    ) -> None:
+        self.scenario = scenario
+        seed = scenario.seed
+        n = scenario.n
+        self.honest = scenario.honest_nodes()
+        self.byzantine = scenario.byzantine_strategies()
+        self.task = load_task(scenario.task, stream_seed(seed, PURPOSE_TASK))
+        spec = scenario.partition
+        self.parts = partition(
+            self.task.train.y.numpy(),
+            n,
+            spec.scheme,
+            stream_seed(seed, PURPOSE_PARTITION),
+            alpha=spec.alpha,
+            shards_per_node=spec.shards_per_node,
+        )
+        scheduler = load_scheduler(scenario.network.scheduler, scenario.network.params)
+        self.network = VirtualNetwork(
+            n, stream_seed(seed, PURPOSE_NETWORK), scheduler, BroadcastClassifier()
+        )
+        self.crypto = scenario.protocol.crypto
+        self.public_keys = roster_keys(seed, n) if self.crypto else []
+        self.session = session_id(scenario, seed, self.public_keys)
+        self.book = RoundBook(self.honest)
+        self._progress = progress
+        self._logged_rounds = 0
+        self._logged_agreements = 0
+        self._honest_set = frozenset(self.honest)
+        self.runners: list[Runner] = []
+        self.learners: list[DivergenceGuard] = []
+        self.strategies: dict[int, Strategy] = {}
+        for node in range(n):
+            self.runners.append(self._build_node(node))
+        self.log = MetricsLog(out_dir, self.honest)  # opened last: nothing left to fail
+        self._honest_runners = [self.runners[node] for node in self.honest]
+        self._watch = 0  # every honest runner before this index is done
+        self._steps_done = 0
+        self._rounds_done = 0
+        self._rounds_total = len(self.honest) * scenario.agreement_rounds()
+
+    # ------------------------------------------------------------------ construction
+
+    def _scheme(self, node: int) -> SignatureScheme:
+        if not self.crypto:
+            return UnsignedScheme()
+        return Ed25519Scheme(signing_seed(self.scenario.seed, node), tuple(self.public_keys))
+
+    def _build_node(self, node: int) -> Runner:
+        scenario = self.scenario
+        spec = self.byzantine.get(node)
+        strategy = None
+        label_map = None
+        if spec is not None:
+            strategy = load_strategy(spec)
+            label_map = strategy.label_map(self.task.num_classes)
+            self.strategies[node] = strategy
+        training = scenario.training
+        config = TrainerConfig(
+            lr=training.lr,
+            lr_schedule=training.lr_schedule,  # type: ignore[arg-type]  # validated
+            lr_decay_steps=training.lr_decay_steps,
+            momentum=training.momentum,
+            batch_size=training.batch_size,
+            local_steps=training.local_steps,
+            weight_decay=training.weight_decay,
+            seed=stream_seed(scenario.seed, PURPOSE_TRAINER),
+            torch_threads=1,
+        )
+        trainer = Trainer(self.task, self.parts[node], config, node_seed=node, label_map=label_map)
+        learner = DivergenceGuard(trainer)
+        self.learners.append(learner)
+        protocol = scenario.protocol
+        scheme = self._scheme(node)
+        core_config = ProtocolConfig(
+            n=scenario.n,
+            f=scenario.f,
+            me=node,
+            session=self.session,
+            dim=trainer.dim,
+            aggregator=protocol.aggregator,
+            schedule=scenario.round_schedule(),
+            steps_ahead_max=protocol.steps_ahead_max,
+            steps_retained=protocol.steps_retained,
+        )
+        core = NodeCore(core_config, scheme, strategy.vector if strategy is not None else None)
+        hooks = RunnerHooks(
+            on_output=self._on_output,
+            on_fault=self._on_fault,
+            on_step=self._on_step,
+            on_step_end=self._step_end_hook(node),
+            outgoing_filter=strategy.outgoing if strategy is not None else None,
+        )
+        runner = Runner(
+            core,
+            self.network.endpoint(node),
+            learner,
+            steps=scenario.steps,
+            eval_every=scenario.eval_every if strategy is None else _NEVER,
+            clock=lambda: self.network.now_s,
+            hooks=hooks,
+        )
+        if strategy is not None:
+            strategy.bind(
+                StrategyContext.from_config(
+                    core_config,
+                    scheme,
+                    strategy_rng(scenario.seed, node),
+                    lambda: runner.core.current_step,
+                    honest_vectors=self.book.honest_vectors,
+                    byzantine=sorted(self.byzantine),
+                    num_classes=self.task.num_classes,
+                )
+            )
+        return runner
+
+    # ------------------------------------------------------------------ hooks
+
+    def _on_output(self, node: int, output: Output) -> None:
+        if isinstance(output, RoundStarted):
+            if node in self._honest_set:
+                self._rounds_done += 1
+                now_s = self.network.now_s
+                self.book.round_started(
+                    node, output.step, output.phase, output.round, output.vector, now_s
+                )
+                self.log.node_round(node, output.step, output.phase, output.round, now_s)
+        elif isinstance(output, Decided):
+            self.network.record_output(
+                node, digest(np.ascontiguousarray(output.vector).view(np.uint8).data)
+            )
+            self.book.decided(node, output.step, output.phase, output.vector)
+
+    def _on_fault(self, node: int, fault: Fault) -> None:
+        self.log.fault(node, fault, self.network.now_s)
+
+    def _on_step(self, record: StepRecord) -> None:
+        self.log.step(record)
+
+    def _step_end_hook(self, node: int) -> Callable[[int], None]:
+        if node not in self.byzantine:
+
+            def honest_step_end(next_step: int) -> None:
+                self._steps_done += 1
+                self.book.release_below(min(r.step for r in self._honest_runners))
+                self._drain_measures()
+                if self._progress is not None:
+                    self._progress.poll(self.snapshot)
+
+            return honest_step_end
+
+        def byzantine_step_end(next_step: int) -> None:
+            if self.strategies[node].crashed(next_step):
+                self._crash(node)
+
+        return byzantine_step_end
+
+    def _crash(self, node: int) -> None:
+        self.runners[node].stop()
+        self.network.crash(node)
+
+    def _drain_measures(self) -> None:
+        rounds = self.book.finished_rounds
+        self.log.rounds(rounds[self._logged_rounds :])
+        self._logged_rounds = len(rounds)
+        agreements = self.book.finished_agreements
+        self.log.agreements(agreements[self._logged_agreements :])
+        self._logged_agreements = len(agreements)
+
+    def snapshot(self) -> ProgressSnapshot:
+        """Where the run stands: what the progress display shows."""
+        return ProgressSnapshot(
+            rounds_done=self._rounds_done,
+            rounds_total=self._rounds_total,
+            steps_done=self._steps_done,
+            steps_total=len(self.honest) * self.scenario.steps,
+            virtual_s=self.network.now_s,
+            messages=self.network.statistics().messages_delivered,
+        )
+
+    def _all_honest_done(self) -> bool:
+        runners = self._honest_runners
+        while self._watch < len(runners) and runners[self._watch].done:
+            self._watch += 1  # done never reverts, so each runner is passed once
+        return self._watch == len(runners)
+
+    # ------------------------------------------------------------------ the run
+
+    def _handler(self, node: int) -> Callable[[int, bytes], None]:
+        runner = self.runners[node]
+        strategy = self.strategies.get(node)
+        if strategy is None:
+            return runner.deliver
+        endpoint = self.network.endpoint(node)
+
+        def deliver(src: int, data: bytes) -> None:
+            runner.deliver(src, data)
+            if not runner.stopped:
+                for dst, extra in strategy.on_receive(src, data):
+                    endpoint.send_nowait(dst, extra)
+
+        return deliver
+
+    def _ticker(self, node: int) -> Callable[[float], None]:
+        runner = self.runners[node]
+        progress = self._progress
+        if progress is None or node != min(self.honest, default=-1):
+            return runner.tick
+
+        def tick(now_s: float) -> None:
+            runner.tick(now_s)
+            progress.poll(self.snapshot)
+
+        return tick
+
+    async def run(self) -> RunOutcome:
+        scenario = self.scenario
+        for node, runner in enumerate(self.runners):
+            strategy = self.strategies.get(node)
+            if strategy is not None and strategy.crashed(0):
+                self._crash(node)
+                continue
+            self.network.call_every(node, scenario.tick_interval_s, self._ticker(node))
+            runner.start()
+        result = await self.network.run(
+            {node: self._handler(node) for node in range(scenario.n)},
+            self._all_honest_done,
+            scenario.time_limit_s,
+            clock_lag_max_s=CLOCK_LAG_MAX_S,
+        )
+        self.book.flush()
+        self._drain_measures()
+        completed = result.reason is StopReason.UNTIL
+        return RunOutcome(completed, result.reason.value, result.now_s)
+
+
+@contextlib.contextmanager
+def _node_log(out_dir: Path | None) -> Iterator[None]:
+    """The nodes' log lines (one per fault kind and accused, jumps, ...) go to
+    ``out_dir/sim.log`` during the run instead of the terminal, where they would break
+    the progress display; handlers the caller configured still get them."""
+    if out_dir is None:
+        yield
+        return
+    logger = logging.getLogger("jungle")
+    handler = logging.FileHandler(out_dir / "sim.log", mode="w", encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        handler.close()
+
+
+def run_scenario(
+    scenario: Scenario,
+    out_dir: Path | None = None,
+    seed: int | None = None,
+    progress: bool | Progress = True,
+    *,
+    mode: str = "sim",
+) -> Summary:
+    """Run ``scenario`` (with ``seed`` instead of its own, if given) and return its summary.
+
+    With ``out_dir``, writes summary.json, metrics.jsonl, faults.jsonl and the plots there.
+    ``progress``: True for a progress display on stderr, False for none, or a
+    :class:`~sim.progress.Progress` of your own. Prints the seed on any failure.
+    """
+    if seed is not None:
+        scenario = scenario.with_seed(seed)
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    display = Progress(scenario.name) if progress is True else (progress or None)
+    started = time.perf_counter()
+    with _node_log(out_dir):
+        try:
+            simulation = Simulation(scenario, out_dir, display)
+        except ValueError as error:  # a task, partition or plugin that cannot be built
+            raise ScenarioError([f"{scenario.name}: {error}"]) from error
+        try:
+            clock = trio.testing.MockClock(autojump_threshold=0)
+            outcome = trio.run(simulation.run, clock=clock)
+        except BaseException:
+            print(
+                f"jungle sim: scenario {scenario.name!r} failed with seed {scenario.seed}; "
+                f"reproduce with --seed {scenario.seed}",
+                file=sys.stderr,
+            )
+            raise
+        finally:
+            simulation.log.close()
+    wall_s = time.perf_counter() - started
+    if display is not None:
+        display.finish(simulation.snapshot())
+    summary = build_summary(simulation, outcome, wall_s, mode)
+    if out_dir is not None:
+        from sim.report import write_report
+
+        write_report(out_dir, summary, simulation.log, simulation.book.finished_rounds)
+    return summary
