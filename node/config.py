@@ -137,6 +137,11 @@ class TransportSettings:
     handshake_timeout_s: float | None = None
     handshakes_pending_max: int | None = None
     ack_every_messages: int | None = None
+    #: TESTING AND RESEARCH: a delay held before each message is sent (the simulator's
+    #: ``--mode process`` injects its link delays here). A ``sim.delays`` spec (seconds, a
+    #: string or a table); a table may add ``seed`` (of the per-message draws; default: the
+    #: task seed) and ``slow_nodes`` ({id: factor}, from and to). None: no delay.
+    send_delay: object = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,8 +195,11 @@ class NodeConfig:
         return TrainerConfig(seed=self.task.seed, **_set_fields(self.training))
 
     def transport_options(self) -> dict[str, Any]:
-        """The ``[transport]`` keys that were set, as TransportConfig keyword arguments."""
-        return _set_fields(self.transport)
+        """The ``[transport]`` keys that were set, as TransportConfig keyword arguments
+        (``send_delay`` is built into a function by node/startup.py)."""
+        options = _set_fields(self.transport)
+        options.pop("send_delay", None)
+        return options
 
     def resume_digest(self) -> str:
         """What a checkpoint must match to be resumed: node id, task and data partition.
@@ -384,4 +392,11 @@ def _check(config: NodeConfig) -> list[str]:
         problems.append(f"[training] {error}")
     for name, value in config.transport_options().items():
         positive("transport", name, value)
+    delay = config.transport.send_delay
+    if delay is not None and (
+        isinstance(delay, bool) or not isinstance(delay, int | float | str | dict)
+    ):
+        problems.append(
+            f"[transport] send_delay must be seconds, a string or a table, got {delay!r}"
+        )
     return problems

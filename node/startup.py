@@ -11,7 +11,9 @@ this returns.
 from __future__ import annotations
 
 import logging
+import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -185,17 +187,69 @@ def _transport_config(
         host, port = parse_address(config.node.listen)  # checked by load_config
         listen = {"listen_host": host, "listen_port": port}
     try:
+        send_delay_s = _send_delay(config)
         return TransportConfig(
             me=config.node.id,
             signing_key=signing_key,
             roster=roster,
             seed=config.task.seed,
+            send_delay_s=send_delay_s,
             **listen,
             **config.transport_options(),
         )
     except ValueError as error:
         problems.append(f"[transport] {error}")
         return None
+
+
+def _send_delay(config: NodeConfig) -> Callable[[int, int, int], float] | None:
+    """``[transport] send_delay`` as the transport's ``send_delay_s(dst, seq, size_bytes)``.
+
+    The message to ``dst`` numbered ``seq`` waits ``model.sample(u)`` times the
+    ``slow_nodes`` factors of this node and of ``dst`` (as the simulator's slow nodes: from
+    and to), with ``u`` drawn from the key (seed, me, dst, seq) alone. The delay models live
+    in sim/delays.py and are imported only when a delay is configured, so a node that
+    injects none never loads the simulator. ValueError says what is wrong.
+    """
+    spec = config.transport.send_delay
+    if spec is None:
+        return None
+    from sim.delays import KeyedUniforms, parse_delay
+
+    options = dict(spec) if isinstance(spec, dict) else {}
+    seed = options.pop("seed", config.task.seed)
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"send_delay: seed must be an integer >= 0, got {seed!r}")
+    factors = _slow_node_factors(options.pop("slow_nodes", {}))
+    if isinstance(spec, dict):
+        model = parse_delay(options)
+    elif isinstance(spec, int | float | str) and not isinstance(spec, bool):
+        model = parse_delay(spec)
+    else:
+        raise ValueError(f"send_delay must be seconds, a string or a table, got {spec!r}")
+    draw = KeyedUniforms(seed)
+    me = config.node.id
+    own_factor = factors.get(me, 1.0)
+
+    def send_delay_s(dst: int, seq: int, size_bytes: int) -> float:
+        return model.sample(draw(me, dst, seq)) * own_factor * factors.get(dst, 1.0)
+
+    return send_delay_s
+
+
+def _slow_node_factors(table: object) -> dict[int, float]:
+    """``slow_nodes = {id = factor}`` of ``[transport] send_delay``."""
+    if not isinstance(table, dict):
+        raise ValueError(f"send_delay: slow_nodes must be a table {{id = factor}}, got {table!r}")
+    factors: dict[int, float] = {}
+    for node, factor in table.items():
+        number = isinstance(factor, int | float) and not isinstance(factor, bool)
+        if not (str(node).isdigit() and number and 0 < factor < math.inf):
+            raise ValueError(
+                f"send_delay: slow_nodes needs id = factor > 0, got {node} = {factor!r}"
+            )
+        factors[int(node)] = float(factor)
+    return factors
 
 
 def _load_strategy(config: NodeConfig, problems: list[str]) -> Any:
