@@ -251,19 +251,16 @@ class AveragingAgreement:
         return vector, ""
 
     def _complete_round(self) -> Step | None:
-        """Aggregate and move on if the current round has ``witness_quorum`` witnesses."""
+        """Aggregate and move on (or decide) once the current round can complete."""
         round_ = self.current_round
         if round_ is None or round_ >= self.rounds:
             return None
-        state = self._rounds[round_]
-        held = state.held.keys()
-        witnesses = sum(1 for report in state.reports.values() if report <= held)
-        if witnesses < self._params.witness_quorum:
+        vectors = self._vectors_to_aggregate(self._rounds[round_])
+        if vectors is None:
             return None
-        origins = sorted(held)
-        vector = self._params.aggregator(
-            np.stack([state.held[o] for o in origins]), self._params.broadcast.f
-        ).astype(self._params.dtype, copy=False)
+        vector = self._params.aggregator(vectors, self._params.broadcast.f).astype(
+            self._params.dtype, copy=False
+        )
         if round_ + 1 < self.rounds:
             return self._enter_round(round_ + 1, vector)
         self.current_round = self.rounds
@@ -271,6 +268,15 @@ class AveragingAgreement:
         step = Step()
         step.outputs.append(Decided(self.step, self.phase, vector))
         return step
+
+    def _vectors_to_aggregate(self, state: _Round) -> np.ndarray | None:
+        """Every valid vector held, by origin, once ``witness_quorum`` reports are covered
+        by what we hold; None until then."""
+        held = state.held.keys()
+        witnesses = sum(1 for report in state.reports.values() if report <= held)
+        if witnesses < self._params.witness_quorum:
+            return None
+        return np.stack([state.held[origin] for origin in sorted(held)])
 
     def _check_own_vector(self, vector: np.ndarray) -> None:
         if vector.shape != (self._params.dim,) or vector.dtype != self._params.dtype:

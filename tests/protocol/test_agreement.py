@@ -8,11 +8,11 @@ import random
 import numpy as np
 import pytest
 
-from protocol.agreement import AveragingAgreement
+from protocol.agreement import AveragingAgreement, _Round
 from protocol.codec import encode, peek
 from protocol.core import GradientSchedule, NodeCore, RoundSchedule
 from protocol.messages import InstanceId, Ready, Tag
-from protocol.step import Decided, FaultKind, Step
+from protocol.step import FaultKind
 from tests.byzantine import Equivocate, Silent, behaviour_by_name, fixed_value
 from tests.cluster import Adversary, Cluster, InFlight, RandomDelays, honest_diameter
 
@@ -83,23 +83,11 @@ def test_every_bad_vector_is_dropped_identically_and_accused() -> None:
 class NaiveAgreement(AveragingAgreement):
     """The broken variant: aggregate the first n-f vectors delivered, no witnesses."""
 
-    def _complete_round(self) -> Step | None:
-        round_ = self.current_round
-        if round_ is None or round_ >= self.rounds:
-            return None
-        held = self._rounds[round_].held
+    def _vectors_to_aggregate(self, state: _Round) -> np.ndarray | None:
         quorum = self._params.witness_quorum
-        if len(held) < quorum:
+        if len(state.held) < quorum:
             return None
-        first = np.stack(list(held.values())[:quorum])
-        vector = self._params.aggregator(first, self._params.broadcast.f)
-        if round_ + 1 < self.rounds:
-            return self._enter_round(round_ + 1, vector)
-        self.current_round = self.rounds
-        self.decision = vector
-        step = Step()
-        step.outputs.append(Decided(self.step, self.phase, vector))
-        return step
+        return np.stack(list(state.held.values())[:quorum])  # in delivery order
 
 
 class NaiveCore(NodeCore):
