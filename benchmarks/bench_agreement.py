@@ -24,6 +24,7 @@ from tests.cluster import (
     Adversary,
     Behaviour,
     Cluster,
+    Deferring,
     InFlight,
     RandomDelays,
     honest_diameter,
@@ -32,31 +33,19 @@ from tests.cluster import (
 SYSTEMS = [(4, 1), (7, 2), (10, 3), (13, 4)]
 
 
-class SplitGroups(Adversary):
-    """Fair, but any VECTOR broadcast message crossing between the low-id and high-id
-    halves of the nodes is delivered only when nothing else is in flight: each half
-    sees the other's vectors as late as a fair scheduler allows."""
+class SplitGroups(Deferring):
+    """Any VECTOR broadcast message crossing between the low-id and high-id halves of the
+    nodes waits until nothing else is in flight: each half sees the other's vectors as late
+    as a fair scheduler allows."""
 
     def __init__(self, seed: int, n: int) -> None:
         super().__init__(seed)
         self._half = n // 2
-        self._late: list[InFlight] = []
 
-    def push(self, item: InFlight) -> None:
+    def defer(self, item: InFlight) -> bool:
         _, tag = peek(item.data)
         crossing = bool(tag) and (tag[0] < self._half) != (item.dst < self._half)
-        if crossing and tag[4] == 0:
-            self._late.append(item)
-        else:
-            super().push(item)
-
-    def pop(self) -> InFlight:
-        if super().__len__():
-            return super().pop()
-        return self._late.pop(self.rng.randrange(len(self._late)))
-
-    def __len__(self) -> int:
-        return super().__len__() + len(self._late)
+        return crossing and tag[4] == 0
 
 
 def run(

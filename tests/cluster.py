@@ -86,6 +86,37 @@ class RandomDelays(Adversary):
         return len(self._heap)
 
 
+class Deferring(Adversary):
+    """Fair, but holds the messages :meth:`defer` picks until nothing else is in flight,
+    then releases them one at a time, in :meth:`release` order. The base for adversarial
+    schedulers that show nodes some vectors as late as fairness allows."""
+
+    def __init__(self, seed: int) -> None:
+        super().__init__(seed)
+        self._late: list[InFlight] = []
+
+    def defer(self, item: InFlight) -> bool:
+        raise NotImplementedError
+
+    def release(self, late: list[InFlight]) -> int:
+        """Index of the held message to deliver next; random by default."""
+        return self.rng.randrange(len(late))
+
+    def push(self, item: InFlight) -> None:
+        if self.defer(item):
+            self._late.append(item)
+        else:
+            super().push(item)
+
+    def pop(self) -> InFlight:
+        if super().__len__():
+            return super().pop()
+        return self._late.pop(self.release(self._late))
+
+    def __len__(self) -> int:
+        return super().__len__() + len(self._late)
+
+
 class Behaviour:
     """How a node treats its outgoing messages. Honest by default: sends them unchanged."""
 

@@ -14,7 +14,7 @@ from protocol.core import GradientSchedule, NodeCore, RoundSchedule
 from protocol.messages import InstanceId, Ready, Tag
 from protocol.step import FaultKind
 from tests.byzantine import Equivocate, Silent, behaviour_by_name, fixed_value
-from tests.cluster import Adversary, Cluster, InFlight, RandomDelays, honest_diameter
+from tests.cluster import Adversary, Cluster, Deferring, InFlight, RandomDelays, honest_diameter
 
 ROUNDS = 5
 SYSTEMS = [(4, 1), (7, 2), (10, 3), (13, 4)]
@@ -94,34 +94,20 @@ class NaiveCore(NodeCore):
     agreement_class = NaiveAgreement
 
 
-class KeepApart(Adversary):
-    """Fair, but delivers some vectors to some nodes only when nothing else is in flight:
-    origin 2's to nodes 0 and 1, origin 1's to node 2. Honest nodes 0, 1 start at 0,
-    node 2 at 1, and the Byzantine node 3 always proposes 1."""
+class KeepApart(Deferring):
+    """Holds origin 2's vectors from nodes 0 and 1, and origin 1's from node 2. Honest
+    nodes 0, 1 start at 0, node 2 at 1, and the Byzantine node 3 always proposes 1."""
 
     held_back = {(2, 0), (2, 1), (1, 2)}  # (origin, destination)
 
-    def __init__(self, seed: int) -> None:
-        super().__init__(seed)
-        self._late: list[InFlight] = []
+    def defer(self, item: InFlight) -> bool:
+        _, tag = peek(item.data)
+        return bool(tag) and tag[4] == 0 and (tag[0], item.dst) in self.held_back
 
-    def push(self, item: InFlight) -> None:
-        _kind, tag = peek(item.data)
-        if tag and tag[4] == 0 and (tag[0], item.dst) in self.held_back:
-            self._late.append(item)
-        else:
-            super().push(item)
-
-    def pop(self) -> InFlight:
-        if super().__len__():
-            return super().pop()
+    def release(self, late: list[InFlight]) -> int:
         # Release the vectors kept from group {0, 1} first: node 2 needs their echoes for
         # its own vector, while 0 and 1 have already aggregated without node 2's.
-        order = sorted(range(len(self._late)), key=lambda k: (self._late[k].dst == 2, k))
-        return self._late.pop(order[0])
-
-    def __len__(self) -> int:
-        return super().__len__() + len(self._late)
+        return min(range(len(late)), key=lambda k: (late[k].dst == 2, k))
 
 
 def split_run(core_factory: type[NodeCore], rounds: int = 8) -> list[float]:
