@@ -11,7 +11,14 @@ import pytest
 import trio
 
 from node.frame_auth import KIND_ACK, KIND_DATA, FrameAuthenticator, FrameRejected, FrameVerifier
-from node.framing import FrameReader, FramingError, StreamClosed, frame_header, send_buffers
+from node.framing import (
+    THREAD_SEND_BYTES_MIN,
+    FrameReader,
+    FramingError,
+    StreamClosed,
+    frame_header,
+    send_buffers,
+)
 from node.outbox import AckOutOfRange, Outbox
 from node.transport import MessageTooLarge, TransportClosed, TransportError
 from tests.node.transport_helpers import HOST, Relay, bind, open_cluster, port_of, with_overrides
@@ -96,6 +103,47 @@ async def test_frame_reader_reassembles_frames_split_anywhere(seed: int) -> None
     reader = FrameReader(server.socket, frame_bytes_max=4_000_000)
     async with server:
         await _read_frames_written_in_chunks(rng, seed, client, reader, frames)
+
+
+async def test_large_writes_from_a_worker_thread_arrive_intact_and_in_order() -> None:
+    rng = random.Random(4)
+    sizes = [THREAD_SEND_BYTES_MIN, 10, 3_000_000, THREAD_SEND_BYTES_MIN - 1, 2_500_000]
+    frames = [rng.randbytes(size) for size in sizes]
+    client, server = await _tcp_pair()
+    reader = FrameReader(server.socket, frame_bytes_max=4_000_000)
+    async with client, server:
+        with trio.fail_after(20):
+            async with trio.open_nursery() as nursery:
+
+                async def write() -> None:
+                    for frame in frames:  # three buffers, as a DATA frame is written
+                        buffers: list[bytes | memoryview] = [
+                            frame_header(len(frame)),
+                            frame[:5],
+                            memoryview(frame)[5:],
+                        ]
+                        assert await send_buffers(client.socket, buffers) == len(frame) + 4
+
+                nursery.start_soon(write)
+                for index, frame in enumerate(frames):
+                    assert bytes(await reader.receive_frame()) == frame, f"frame {index}"
+
+
+async def test_a_cancelled_large_write_stops_its_thread_and_lets_the_connection_close() -> None:
+    client, server = await _tcp_pair()
+    payload = bytes(64 * 2**20)  # far more than the socket buffers hold while nobody reads
+    with trio.fail_after(20):  # a deadlock guard, not a timing assertion
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(send_buffers, client.socket, [payload])
+            received = len(await server.receive_some(1 << 20))  # the thread is writing
+            nursery.cancel_scope.cancel()
+        await client.aclose()
+        # The abandoned thread must stop, and give up its duplicate of the socket, or no
+        # EOF comes.
+        while chunk := await server.receive_some(1 << 20):
+            received += len(chunk)
+        assert 0 < received < len(payload)
+    await server.aclose()
 
 
 async def _read_frames_written_in_chunks(
