@@ -26,6 +26,7 @@ from typing import IO, Final
 import trio
 
 from node.checkpoint import Checkpoint
+from node.divergence import DivergenceGuard
 from node.metrics import MetricsWriter, Progress, ProgressLine, is_log_point, peer_keyed
 from node.roster import parse_address
 from node.runner import Runner, RunnerHooks, StepRecord
@@ -139,7 +140,7 @@ class NodeApp:
         runner = Runner(
             core,
             transport,
-            prepared.trainer,
+            DivergenceGuard(prepared.trainer),
             steps=node.steps,
             start_step=prepared.start_step,
             eval_every=node.eval_every,
