@@ -94,12 +94,10 @@ class Silent(Strategy):
 
 
 @dataclass
-class Withhold(Strategy):
-    """Honest, except that it sends nothing at all to a subset of nodes: ``targets``, or
-    a seeded random ``fraction`` of the others. The victims must learn its broadcasts
-    through the others' echoes and payload fetches."""
+class _Targeted(Strategy):
+    """A strategy aimed at some nodes: ``targets``, or else a seeded random ``fraction``
+    of the others (its *victims*)."""
 
-    name = "withhold"
     targets: list[int] | None = None
     fraction: float = 0.5
     _victims: frozenset[int] = field(default=frozenset(), init=False, repr=False)
@@ -112,12 +110,21 @@ class Withhold(Strategy):
         super().bind(ctx)
         self._victims = ctx.subset(self.targets, self.fraction)
 
+
+@dataclass
+class Withhold(_Targeted):
+    """Honest, except that it sends nothing at all to a subset of nodes: ``targets``, or
+    a seeded random ``fraction`` of the others. The victims must learn its broadcasts
+    through the others' echoes and payload fetches."""
+
+    name = "withhold"
+
     def outgoing(self, dst: int, message: Message, data: bytes) -> Iterable[bytes]:
         return () if dst in self._victims else (data,)
 
 
 @dataclass
-class Equivocate(Strategy):
+class Equivocate(_Targeted):
     """As an origin, SENDs one payload to some nodes and another, also validly signed,
     to the rest (``targets``, or a seeded random ``fraction`` of the others), and echoes
     and readies the second digest to that rest too, so each side sees a consistent
@@ -127,18 +134,7 @@ class Equivocate(Strategy):
     and any honest node that sees both signatures holds an equivocation proof."""
 
     name = "equivocate"
-    targets: list[int] | None = None
-    fraction: float = 0.5
-    _victims: frozenset[int] = field(default=frozenset(), init=False, repr=False)
     _other: dict[InstanceId, Send] = field(default_factory=dict, init=False, repr=False)
-
-    def __post_init__(self) -> None:
-        _check_targets(self, self.targets)
-        _check_fraction(self, "fraction", self.fraction)
-
-    def bind(self, ctx: StrategyContext) -> None:
-        super().bind(ctx)
-        self._victims = ctx.subset(self.targets, self.fraction)
 
     def outgoing(self, dst: int, message: Message, data: bytes) -> Iterable[bytes]:
         if dst not in self._victims or message.iid.origin != self.ctx.me:
@@ -189,24 +185,13 @@ class Equivocate(Strategy):
 
 
 @dataclass
-class ConflictingEchoes(Strategy):
+class ConflictingEchoes(_Targeted):
     """Before each of its true ECHOs and READYs to a subset of nodes (``targets``, or a
     seeded random ``fraction`` of the others), sends one for a random digest: the
     victims see a second, conflicting vote from it, which quorums of ceil((n+f+1)/2)
     echoes and 2f+1 readies are sized to outvote."""
 
     name = "conflicting_echoes"
-    targets: list[int] | None = None
-    fraction: float = 0.5
-    _victims: frozenset[int] = field(default=frozenset(), init=False, repr=False)
-
-    def __post_init__(self) -> None:
-        _check_targets(self, self.targets)
-        _check_fraction(self, "fraction", self.fraction)
-
-    def bind(self, ctx: StrategyContext) -> None:
-        super().bind(ctx)
-        self._victims = ctx.subset(self.targets, self.fraction)
 
     def outgoing(self, dst: int, message: Message, data: bytes) -> Iterable[bytes]:
         if dst not in self._victims or not isinstance(message, Echo | Ready):
