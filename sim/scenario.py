@@ -47,6 +47,16 @@ class ScenarioError(ValueError):
         super().__init__("\n".join(self.problems))
 
 
+def read_toml(path: Path) -> dict[str, Any]:
+    """A scenario or sweep file as a table; unreadable or invalid TOML is a ScenarioError."""
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as error:
+        raise ScenarioError([f"{path}: cannot read: {error.strerror or error}"]) from None
+    except tomllib.TOMLDecodeError as error:
+        raise ScenarioError([f"{path}: not valid TOML: {error}"]) from None
+
+
 @dataclass(frozen=True, slots=True)
 class PartitionSpec:
     """How the task's training set is split among the n nodes (node/partition.py)."""
@@ -137,12 +147,7 @@ class Scenario:
     def from_toml(cls, path: str | Path) -> Scenario:
         """Read and validate a scenario file; the name defaults to the file's stem."""
         path = Path(path)
-        try:
-            data = tomllib.loads(path.read_text(encoding="utf-8"))
-        except OSError as error:
-            raise ScenarioError([f"{path}: cannot read: {error.strerror or error}"]) from None
-        except tomllib.TOMLDecodeError as error:
-            raise ScenarioError([f"{path}: not valid TOML: {error}"]) from None
+        data = read_toml(path)
         data.setdefault("name", path.stem)
         return cls.from_dict(data)
 

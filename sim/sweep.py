@@ -31,13 +31,12 @@ import os
 import re
 import statistics
 import sys
-import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from sim.scenario import Scenario, ScenarioError, resolve_scenario, strategy_label
+from sim.scenario import Scenario, ScenarioError, read_toml, resolve_scenario, strategy_label
 from sim.scenario_reader import suggest
 
 #: what a cell reports back to the sweep (from its summary), in sweep.csv column order
@@ -74,12 +73,7 @@ class Grid:
     @classmethod
     def from_toml(cls, path: str | Path) -> Grid:
         path = Path(path)
-        try:
-            data = tomllib.loads(path.read_text(encoding="utf-8"))
-        except OSError as error:
-            raise ScenarioError([f"{path}: cannot read: {error.strerror or error}"]) from None
-        except tomllib.TOMLDecodeError as error:
-            raise ScenarioError([f"{path}: not valid TOML: {error}"]) from None
+        data = read_toml(path)
         problems = [
             f"{path}: {key}: unknown key{suggest(key, _GRID_KEYS)}"
             for key in sorted(set(data) - _GRID_KEYS)
