@@ -2,8 +2,9 @@
 
 A delay model is a pure function of one uniform number: ``sample(u)`` is its inverse CDF.
 The network draws that ``u`` from the message's own key (seed, src, dst, seq) with
-:func:`keyed_uniform`, so a message's delay does not depend on what else was sent before it
-or in which order trio happened to run anything (DESIGN section 6, rules 1 and 2).
+:class:`LinkUniforms` (a cheap counter-based sibling of :func:`keyed_uniform`), so a
+message's delay does not depend on what else was sent before it or in which order trio
+happened to run anything (DESIGN section 6, rules 1 and 2).
 
 Each model names the statistic it is built around after the *whole* delay: an
 ``Exponential(mean_s=0.05, min_s=0.01)`` has a mean of 50 ms, a
@@ -32,6 +33,7 @@ __all__ = [
     "DelaySpecError",
     "Exponential",
     "KeyedUniforms",
+    "LinkUniforms",
     "LogNormal",
     "Uniform",
     "derive_uniform",
@@ -46,6 +48,13 @@ _DIGEST_TO_FLOAT_SHIFT = 64 - _FLOAT_BITS
 #: blake2b keys are at most 64 bytes; seeds (e.g. SeedSequence entropy) fit easily.
 _SEED_BYTES = 64
 _INT64 = struct.Struct("<q")
+# SplitMix64 (LinkUniforms): the counter increment and the output function's multipliers.
+_MASK_64 = 2**64 - 1
+_GOLDEN_GAMMA = 0x9E3779B97F4A7C15
+_SPLITMIX_MUL_1 = 0xBF58476D1CE4E5B9
+_SPLITMIX_MUL_2 = 0x94D049BB133111EB
+#: Key suffix of the draw that seeds a link's counter base in :class:`LinkUniforms`.
+_LINK_BASE_DRAW = -2
 
 
 @runtime_checkable
@@ -89,6 +98,38 @@ class KeyedUniforms:
         return (
             (int.from_bytes(hasher.digest(), "little") >> _DIGEST_TO_FLOAT_SHIFT) + 0.5
         ) * _SCALE_53
+
+
+class LinkUniforms:
+    """One uniform in (0, 1) per message, a pure function of ``(seed, src, dst, seq)``.
+
+    The network draws one per message, so this is :func:`keyed_uniform`'s cheap sibling
+    (0.5 us instead of 1.2): each link ``(src, dst)`` gets a 64-bit counter base from the
+    keyed hash once, ``keyed_uniform(seed, src, dst, _LINK_BASE_DRAW)``'s bits, and a
+    message's draw is the SplitMix64 output function of ``base + seq * golden gamma``
+    (Steele, Lea and Flood 2014), a counter-based generator that passes BigCrush.
+    """
+
+    __slots__ = ("_bases", "_draw", "_n")
+
+    def __init__(self, seed: int, n: int) -> None:
+        self._draw = KeyedUniforms(seed)
+        self._n = n
+        self._bases: list[int | None] = [None] * (n * n)
+
+    def _base(self, src: int, dst: int) -> int:
+        base = int(self._draw(src, dst, _LINK_BASE_DRAW) * 2.0**_FLOAT_BITS) << 11
+        self._bases[src * self._n + dst] = base
+        return base
+
+    def __call__(self, src: int, dst: int, seq: int) -> float:
+        base = self._bases[src * self._n + dst]
+        if base is None:
+            base = self._base(src, dst)
+        z = (base + seq * _GOLDEN_GAMMA) & _MASK_64
+        z = ((z ^ (z >> 30)) * _SPLITMIX_MUL_1) & _MASK_64
+        z = ((z ^ (z >> 27)) * _SPLITMIX_MUL_2) & _MASK_64
+        return (((z ^ (z >> 31)) >> _DIGEST_TO_FLOAT_SHIFT) + 0.5) * _SCALE_53
 
 
 def keyed_uniform(seed: int, *key: int) -> float:

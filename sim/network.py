@@ -11,7 +11,8 @@ Determinism (DESIGN section 6) comes from structure, not luck:
 
 - a message's delay is drawn from its own key ``(seed, src, dst, seq)``, ``seq`` counting
   per link, so it never depends on the order other messages were sent in;
-- the heap orders events by ``(time_s, dst, src, seq, copy)``, a total order (timers use
+- the event queue (:mod:`sim.event_queue`) orders events by ``(time_s, dst, src, seq,
+  copy)``, a total order (timers use
   ``src = -1`` and their timer id as ``seq``), so ties break the same way on every run;
 - one event is handled at a time, and every delay is at least :data:`MIN_DELAY_S`, so a
   message is never delivered in the instant it was sent;
@@ -23,7 +24,6 @@ Determinism (DESIGN section 6) comes from structure, not luck:
 from __future__ import annotations
 
 import enum
-import heapq
 import math
 import struct
 from collections.abc import Callable, Mapping
@@ -33,7 +33,8 @@ import blake3
 import trio
 
 from node.interfaces import TransportStatistics
-from sim.delays import KeyedUniforms
+from sim.delays import KeyedUniforms, LinkUniforms
+from sim.event_queue import Event, EventQueue
 from sim.schedulers import COPIES_MAX, MessageMeta, Scheduler
 
 __all__ = [
@@ -58,11 +59,11 @@ _TIMER_SRC = -1
 # Trace digest event markers.
 _DELIVERED, _DUPLICATE, _DISCARDED, _TIMER, _OUTPUT = range(5)
 _TRACE_RECORD = struct.Struct("<Bdqqqqq")
+#: Payloads up to this size are joined to their record and hashed in one call (a copy
+#: is cheaper than a second call); larger ones are hashed in place.
+_TRACE_JOIN_BYTES_MAX = 4096
 
 Classifier = Callable[[bytes], tuple[str, tuple[int, ...]]]
-#: A heap entry: (time_s, dst, src, seq, copy, data, kind). For a timer: (time_s, node,
-#: -1, timer_id, firing_index, b"", "").
-_Event = tuple[float, int, int, int, int, bytes, str]
 
 
 def _unclassified(data: bytes) -> tuple[str, tuple[int, ...]]:
@@ -130,6 +131,16 @@ def _add(counts: dict[str, int], key: str, amount: int) -> None:
     counts[key] = counts.get(key, 0) + amount
 
 
+#: Per message kind, ``[messages, bytes]``: one dict lookup per message instead of four.
+_KindCounts = dict[str, list[int]]
+
+
+def _split(counts: _KindCounts) -> tuple[dict[str, int], dict[str, int]]:
+    """(messages by kind, bytes by kind), sorted by kind."""
+    ordered = sorted(counts.items())
+    return {kind: c[0] for kind, c in ordered}, {kind: c[1] for kind, c in ordered}
+
+
 class VirtualEndpoint:
     """One node's view of the virtual network; implements ``node.interfaces.Transport``.
 
@@ -139,19 +150,16 @@ class VirtualEndpoint:
     """
 
     __slots__ = (
-        "_bytes_received_by_kind",
         "_bytes_received_from",
-        "_bytes_sent_by_kind",
         "_bytes_sent_to",
         "_delivered_above",
         "_delivered_below",
         "_duplicates_dropped",
         "_messages_dropped",
-        "_messages_received_by_kind",
-        "_messages_received_from",
-        "_messages_sent_by_kind",
         "_messages_sent_to",
         "_network",
+        "_received_by_kind",
+        "_sent_by_kind",
         "node_id",
     )
 
@@ -161,12 +169,9 @@ class VirtualEndpoint:
         self.node_id = node_id
         self._messages_sent_to = [0] * n  # also the next seq on each link
         self._bytes_sent_to = [0] * n
-        self._messages_received_from = [0] * n
         self._bytes_received_from = [0] * n
-        self._bytes_sent_by_kind: dict[str, int] = {}
-        self._messages_sent_by_kind: dict[str, int] = {}
-        self._bytes_received_by_kind: dict[str, int] = {}
-        self._messages_received_by_kind: dict[str, int] = {}
+        self._sent_by_kind: _KindCounts = {}
+        self._received_by_kind: _KindCounts = {}
         self._delivered_below = [0] * n
         self._delivered_above: list[set[int]] = [set() for _ in range(n)]
         self._duplicates_dropped = 0
@@ -175,9 +180,10 @@ class VirtualEndpoint:
     def send_nowait(self, dst: int, data: bytes) -> None:
         """Queue ``data`` for ``dst``; it arrives after the scheduler's delay."""
         network = self._network
-        if not 0 <= dst < network.n or dst == self.node_id:
-            raise ValueError(f"node {self.node_id} has no link to {dst!r} (n={network.n})")
-        if network.is_crashed(self.node_id):
+        src = self.node_id
+        if not 0 <= dst < network.n or dst == src:
+            raise ValueError(f"node {src} has no link to {dst!r} (n={network.n})")
+        if network._crashed[src]:
             self._messages_dropped += 1
             return
         if type(data) is not bytes:
@@ -187,10 +193,12 @@ class VirtualEndpoint:
         size_bytes = len(data)
         self._bytes_sent_to[dst] += size_bytes
         kind, tag = network._classify(data)
-        _add(self._bytes_sent_by_kind, kind, size_bytes)
-        _add(self._messages_sent_by_kind, kind, 1)
-        meta = MessageMeta(self.node_id, dst, seq, kind, tag, size_bytes, network.now_s)
-        network._schedule(meta, data)
+        counts = self._sent_by_kind.get(kind)
+        if counts is None:
+            counts = self._sent_by_kind[kind] = [0, 0]
+        counts[0] += 1
+        counts[1] += size_bytes
+        network._schedule(src, dst, seq, kind, tag, data)
 
     def _accept(self, src: int, seq: int) -> bool:
         """Whether (src, seq) is new here; marks it delivered if so."""
@@ -210,28 +218,28 @@ class VirtualEndpoint:
         self._delivered_below[src] = below
         return True
 
-    def _count_received(self, src: int, kind: str, size_bytes: int) -> None:
-        self._messages_received_from[src] += 1
-        self._bytes_received_from[src] += size_bytes
-        _add(self._bytes_received_by_kind, kind, size_bytes)
-        _add(self._messages_received_by_kind, kind, 1)
+    def _messages_received_from(self, src: int) -> int:
+        """Messages accepted from ``src``: every seq below the watermark, and those above."""
+        return self._delivered_below[src] + len(self._delivered_above[src])
 
     def statistics(self) -> VirtualTransportStatistics:
         peers = [peer for peer in range(self._network.n) if peer != self.node_id]
+        messages_sent_by_kind, bytes_sent_by_kind = _split(self._sent_by_kind)
+        messages_received_by_kind, bytes_received_by_kind = _split(self._received_by_kind)
         return VirtualTransportStatistics(
             bytes_sent=sum(self._bytes_sent_to),
             bytes_received=sum(self._bytes_received_from),
             messages_sent=sum(self._messages_sent_to),
-            messages_received=sum(self._messages_received_from),
+            messages_received=sum(self._messages_received_from(peer) for peer in peers),
             messages_dropped=self._messages_dropped,
             bytes_sent_by_peer={peer: self._bytes_sent_to[peer] for peer in peers},
             bytes_received_by_peer={peer: self._bytes_received_from[peer] for peer in peers},
             messages_sent_by_peer={peer: self._messages_sent_to[peer] for peer in peers},
-            messages_received_by_peer={peer: self._messages_received_from[peer] for peer in peers},
-            bytes_sent_by_kind=dict(sorted(self._bytes_sent_by_kind.items())),
-            messages_sent_by_kind=dict(sorted(self._messages_sent_by_kind.items())),
-            bytes_received_by_kind=dict(sorted(self._bytes_received_by_kind.items())),
-            messages_received_by_kind=dict(sorted(self._messages_received_by_kind.items())),
+            messages_received_by_peer={peer: self._messages_received_from(peer) for peer in peers},
+            bytes_sent_by_kind=bytes_sent_by_kind,
+            messages_sent_by_kind=messages_sent_by_kind,
+            bytes_received_by_kind=bytes_received_by_kind,
+            messages_received_by_kind=messages_received_by_kind,
             duplicates_dropped=self._duplicates_dropped,
         )
 
@@ -265,10 +273,12 @@ class VirtualNetwork:
         self.scheduler = scheduler
         self._classify: Classifier = classify or _unclassified
         self._draw = KeyedUniforms(seed)
+        self._draw_message = LinkUniforms(seed, n)
         self._may_copy = scheduler.may_duplicate
+        self._delay_of_draw = scheduler.delay_of_draw
         self._endpoints = [VirtualEndpoint(self, node) for node in range(n)]
         self._crashed = [False] * n
-        self._heap: list[_Event] = []
+        self._events = EventQueue()
         self._timers: dict[int, _Timer] = {}
         self._next_timer_id = 0
         self._now_s = 0.0
@@ -322,7 +332,7 @@ class VirtualNetwork:
         timer_id = self._next_timer_id
         self._next_timer_id += 1
         self._timers[timer_id] = _Timer(node, interval_s, start_s, fn)
-        heapq.heappush(self._heap, (start_s, node, _TIMER_SRC, timer_id, 0, b"", ""))
+        self._events.push((start_s, node, _TIMER_SRC, timer_id, 0, b"", ""))
         return timer_id
 
     def cancel_timer(self, timer_id: int) -> None:
@@ -344,10 +354,9 @@ class VirtualNetwork:
         bytes_by_kind: dict[str, int] = {}
         messages_by_kind: dict[str, int] = {}
         for endpoint in self._endpoints:
-            for kind, size_bytes in endpoint._bytes_sent_by_kind.items():
-                _add(bytes_by_kind, kind, size_bytes)
-            for kind, count in endpoint._messages_sent_by_kind.items():
+            for kind, (count, size_bytes) in endpoint._sent_by_kind.items():
                 _add(messages_by_kind, kind, count)
+                _add(bytes_by_kind, kind, size_bytes)
         return NetworkStatistics(
             now_s=self._now_s,
             events_processed=self._events_processed,
@@ -359,30 +368,50 @@ class VirtualNetwork:
             duplicates_dropped=self._duplicates_dropped,
             messages_discarded=self._messages_discarded,
             timer_firings=self._timer_firings,
-            events_pending=len(self._heap),
+            events_pending=len(self._events),
             bytes_sent_by_kind=dict(sorted(bytes_by_kind.items())),
             messages_sent_by_kind=dict(sorted(messages_by_kind.items())),
         )
 
     def _checked_delay_s(self, meta: MessageMeta, u: float) -> float:
-        delay_s = self.scheduler.delay_s(meta, u)
+        return self._floored_delay_s(meta, self.scheduler.delay_s(meta, u))
+
+    def _floored_delay_s(self, meta: MessageMeta, delay_s: float) -> float:
         if not 0.0 <= delay_s < math.inf:
             raise ValueError(f"{self.scheduler!r} gave delay {delay_s!r} s to {meta}")
         return delay_s if delay_s > MIN_DELAY_S else MIN_DELAY_S
 
-    def _schedule(self, meta: MessageMeta, data: bytes) -> None:
-        src, dst, seq, kind = meta.src, meta.dst, meta.seq, meta.kind
+    def _schedule(
+        self, src: int, dst: int, seq: int, kind: str, tag: tuple[int, ...], data: bytes
+    ) -> None:
+        """Push one message (and the scheduler's extra copies of it) on the event queue.
+
+        When the scheduler's delay is a function of the draw alone
+        (:attr:`~sim.schedulers.Scheduler.delay_of_draw`), no :class:`MessageMeta` is
+        built, which is most of the scheduling cost of a message.
+        """
         now_s = self._now_s
-        delay_s = self._checked_delay_s(meta, self._draw(src, dst, seq))
-        heapq.heappush(self._heap, (now_s + delay_s, dst, src, seq, 0, data, kind))
+        u = self._draw_message(src, dst, seq)
+        delay_of_draw = self._delay_of_draw
+        meta = None
+        if delay_of_draw is None:
+            meta = MessageMeta(src, dst, seq, kind, tag, len(data), now_s)
+            delay_s = self.scheduler.delay_s(meta, u)
+        else:
+            delay_s = delay_of_draw(u)
+        if not MIN_DELAY_S <= delay_s < math.inf:  # also NaN
+            meta = meta or MessageMeta(src, dst, seq, kind, tag, len(data), now_s)
+            delay_s = self._floored_delay_s(meta, delay_s)
+        self._events.push((now_s + delay_s, dst, src, seq, 0, data, kind))
         if not self._may_copy:
             return
+        meta = meta or MessageMeta(src, dst, seq, kind, tag, len(data), now_s)
         copies = self.scheduler.copies(meta, self._draw(src, dst, seq, _COPIES_DRAW))
         if type(copies) is not int or not 1 <= copies <= COPIES_MAX:
             raise ValueError(f"{self.scheduler!r} gave {copies!r} copies (1..{COPIES_MAX})")
         for copy in range(1, copies):
             delay_s = self._checked_delay_s(meta, self._draw(src, dst, seq, copy))
-            heapq.heappush(self._heap, (now_s + delay_s, dst, src, seq, copy, data, kind))
+            self._events.push((now_s + delay_s, dst, src, seq, copy, data, kind))
             self._copies_injected += 1
 
     def _fire_timer(self, time_s: float, node: int, timer_id: int, firing: int) -> None:
@@ -397,10 +426,10 @@ class VirtualNetwork:
             _TRACE_RECORD.pack(_TIMER, time_s, node, _TIMER_SRC, timer_id, firing, 0)
         )
         next_s = timer.start_s + (firing + 1) * timer.interval_s
-        heapq.heappush(self._heap, (next_s, node, _TIMER_SRC, timer_id, firing + 1, b"", ""))
+        self._events.push((next_s, node, _TIMER_SRC, timer_id, firing + 1, b"", ""))
         timer.fn(time_s)
 
-    def _process(self, event: _Event, handlers: list[Callable[[int, bytes], None] | None]) -> None:
+    def _process(self, event: Event, handlers: list[Callable[[int, bytes], None] | None]) -> None:
         time_s, dst, src, seq, copy, data, kind = event
         self._events_processed += 1
         if src == _TIMER_SRC:
@@ -412,17 +441,29 @@ class VirtualNetwork:
             trace.update(_TRACE_RECORD.pack(_DISCARDED, time_s, dst, src, seq, copy, len(data)))
             return
         endpoint = self._endpoints[dst]
-        if not endpoint._accept(src, seq):
+        below = endpoint._delivered_below
+        if seq == below[src] and not endpoint._delivered_above[src]:
+            below[src] = seq + 1  # endpoint._accept's common case: the link's next seq
+        elif not endpoint._accept(src, seq):
             endpoint._duplicates_dropped += 1
             self._duplicates_dropped += 1
             trace.update(_TRACE_RECORD.pack(_DUPLICATE, time_s, dst, src, seq, copy, len(data)))
             return
         size_bytes = len(data)
-        endpoint._count_received(src, kind, size_bytes)
+        endpoint._bytes_received_from[src] += size_bytes
+        counts = endpoint._received_by_kind.get(kind)
+        if counts is None:
+            counts = endpoint._received_by_kind[kind] = [0, 0]
+        counts[0] += 1
+        counts[1] += size_bytes
         self._messages_delivered += 1
         self._bytes_delivered += size_bytes
-        trace.update(_TRACE_RECORD.pack(_DELIVERED, time_s, dst, src, seq, copy, size_bytes))
-        trace.update(data)
+        record = _TRACE_RECORD.pack(_DELIVERED, time_s, dst, src, seq, copy, size_bytes)
+        if size_bytes <= _TRACE_JOIN_BYTES_MAX:
+            trace.update(record + data)  # one call; the same digest as two updates
+        else:
+            trace.update(record)
+            trace.update(data)
         handler = handlers[dst]
         assert handler is not None  # run() checked every live node has one
         handler(src, data)
@@ -462,16 +503,19 @@ class VirtualNetwork:
         clock_s = self._now_s  # the virtual time trio's clock was last brought to
         events_before = self._events_processed
         delivered_before = self._messages_delivered
-        heap = self._heap
+        events = self._events
+        peek_time_s = events.peek_time_s
+        pop = events.pop
+        process = self._process
         events_since_checkpoint = 0
         while True:
             if until():
                 reason = StopReason.UNTIL
                 break
-            if not heap:
+            time_s = peek_time_s()
+            if time_s is None:
                 reason = StopReason.QUIESCENT
                 break
-            time_s = heap[0][0]
             if time_s > time_limit_s:
                 self._now_s = max(self._now_s, time_limit_s)
                 reason = StopReason.TIME_LIMIT
@@ -485,7 +529,7 @@ class VirtualNetwork:
             if events_since_checkpoint >= _EVENTS_PER_CHECKPOINT:
                 await trio.lowlevel.checkpoint()
                 events_since_checkpoint = 0
-            self._process(heapq.heappop(heap), handlers)
+            process(pop(), handlers)
             events_since_checkpoint += 1
         if self._now_s > clock_s:
             await trio.sleep_until(clock_offset_s + self._now_s)

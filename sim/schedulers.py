@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import importlib
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import Any
@@ -97,6 +97,13 @@ class Scheduler:
         """Whether :meth:`copies` can return more than 1; when not, the network does not
         ask (one keyed draw per message saved). True for any subclass overriding it."""
         return type(self).copies is not Scheduler.copies
+
+    @property
+    def delay_of_draw(self) -> Callable[[float], float] | None:
+        """When :meth:`delay_s` depends on ``u`` alone (not on ``meta``), a function
+        giving the same delay from ``u``; the network then calls it instead and skips
+        building a :class:`MessageMeta` per message. None (the default) when unsure."""
+        return None
 
     def copies(self, meta: MessageMeta, u: float) -> int:
         """How many copies the link delivers (1 = normal, 2 = one duplicate, ...).
@@ -214,6 +221,12 @@ class DefaultScheduler(Scheduler):
             send_s = meta.send_time_s
             delay_s += release_time_s(self.partitions, src, dst, send_s) - send_s
         return delay_s
+
+    @property
+    def delay_of_draw(self) -> Callable[[float], float] | None:
+        if self.per_link or self.slow_nodes or self.partitions or self.reorder_jitter_s:
+            return None
+        return self.link_delay.sample
 
     @property
     def may_duplicate(self) -> bool:

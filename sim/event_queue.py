@@ -1,0 +1,84 @@
+"""The virtual network's event queue: a priority queue bucketed by virtual time.
+
+One binary heap over every event in flight is what the network used first, and at n = 64
+(a million messages per agreement round, hundreds of thousands in flight at once) each pop
+cost about 5 us: twenty levels of tuple comparisons, nearly every one a cache miss. This
+queue keeps events in time buckets of :data:`BUCKET_WIDTH_S` instead: future buckets are
+plain lists (a push is an append), and only the earliest bucket is a heap, heapified when
+it becomes current. The heap in use is then a few thousand events that fit in cache.
+
+The order is exactly the single heap's: buckets are indexed by ``floor(time_s / width)``,
+which is monotone in ``time_s``, so every event of an earlier bucket comes before every
+event of a later one, and within a bucket the heap orders by the whole event tuple. An
+event pushed into the current bucket (or, defensively, an earlier one) joins its heap.
+"""
+
+from __future__ import annotations
+
+import heapq
+
+__all__ = ["BUCKET_WIDTH_S", "Event", "EventQueue"]
+
+#: Width of one time bucket: about a tenth of a typical link delay (10 ms median), so that
+#: the current bucket holds a small share of the events in flight.
+BUCKET_WIDTH_S = 1e-3
+
+#: A network event: (time_s, dst, src, seq, copy, data, kind). For a timer: (time_s, node,
+#: -1, timer_id, firing_index, b"", ""). Tuple order is the delivery order (DESIGN 6).
+Event = tuple[float, int, int, int, int, bytes, str]
+
+
+class EventQueue:
+    """Events popped in tuple order (time first); pushes never go before the last pop."""
+
+    __slots__ = ("_bucket_ids", "_buckets", "_current", "_current_id", "_inv_width", "_size")
+
+    def __init__(self, bucket_width_s: float = BUCKET_WIDTH_S) -> None:
+        if not bucket_width_s > 0.0:
+            raise ValueError(f"bucket_width_s must be > 0, got {bucket_width_s}")
+        self._inv_width = 1.0 / bucket_width_s
+        self._buckets: dict[int, list[Event]] = {}
+        self._bucket_ids: list[int] = []  # a heap of the keys of _buckets
+        self._current: list[Event] = []  # a heap: the earliest bucket's events
+        self._current_id = -1
+        self._size = 0
+
+    def __len__(self) -> int:
+        return self._size
+
+    def push(self, event: Event) -> None:
+        self._size += 1
+        bucket_id = int(event[0] * self._inv_width)
+        if bucket_id <= self._current_id:
+            heapq.heappush(self._current, event)
+            return
+        bucket = self._buckets.get(bucket_id)
+        if bucket is None:
+            self._buckets[bucket_id] = [event]
+            heapq.heappush(self._bucket_ids, bucket_id)
+        else:
+            bucket.append(event)
+
+    def _advance(self) -> bool:
+        """Make the earliest future bucket current; False if there is none."""
+        if not self._bucket_ids:
+            return False
+        bucket_id = heapq.heappop(self._bucket_ids)
+        current = self._buckets.pop(bucket_id)
+        heapq.heapify(current)
+        self._current = current
+        self._current_id = bucket_id
+        return True
+
+    def peek_time_s(self) -> float | None:
+        """The time of the next event, or None when the queue is empty."""
+        if not self._current and not self._advance():
+            return None
+        return self._current[0][0]
+
+    def pop(self) -> Event:
+        """The next event; raises IndexError when the queue is empty."""
+        if not self._current and not self._advance():
+            raise IndexError("pop from an empty event queue")
+        self._size -= 1
+        return heapq.heappop(self._current)
