@@ -238,8 +238,9 @@ async def test_cut_links_lose_nothing_and_duplicate_nothing() -> None:
                 await cluster[0].wait_flushed()
             assert received == list(range(count))
             assert relay.connections >= 5
-            wire_bytes = sum(len(stream) for stream in relay.recorded)
-            assert wire_bytes > count * (size + 64) + relay.connections * 1024, "no resends"
+            # Whether a cut catches frames in flight depends on scheduling (on a fast run
+            # everything may already be acknowledged), so resends are not asserted here;
+            # test_a_restarted_peer_resumes_both_directions forces them.
             assert cluster[1].statistics().faults == {}
         nursery.cancel_scope.cancel()
 
