@@ -18,7 +18,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
@@ -95,7 +95,6 @@ class RunnerHooks:
     #: called after each finished step, e.g. to checkpoint; gets the next step number
     on_step_end: Callable[[int], None] | None = None
     outgoing_filter: OutgoingFilter | None = None
-    extra: dict[str, object] = field(default_factory=dict)
 
 
 class Runner:
