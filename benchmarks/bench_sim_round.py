@@ -29,7 +29,7 @@ import numpy as np
 import trio
 import trio.testing
 
-from protocol.codec import encode
+from protocol.codec import SharedDecoder, encode
 from protocol.core import GradientSchedule, NodeCore, ProtocolConfig, RoundSchedule
 from protocol.crypto import Ed25519Scheme, SignatureScheme, UnsignedScheme
 from protocol.messages import Phase
@@ -54,12 +54,14 @@ def build_cores(n: int, rounds: int, crypto: bool, seed: int) -> list[NodeCore]:
     schedule = RoundSchedule(GradientSchedule.CONSTANT, gradient_rounds=rounds, model_rounds=0)
     keys = tuple(roster_keys(seed, n)) if crypto else ()
     cores = []
+    decoder = None
     for me in range(n):
         scheme: SignatureScheme = (
             Ed25519Scheme(signing_seed(seed, me), keys) if crypto else UnsignedScheme()
         )
         config = ProtocolConfig(n=n, f=f, me=me, session=SESSION, dim=DIM, schedule=schedule)
-        cores.append(NodeCore(config, scheme))
+        decoder = decoder or SharedDecoder(config.payload_bytes_max)  # as sim.engine does
+        cores.append(NodeCore(config, scheme, decoder=decoder))
     return cores
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -36,6 +37,15 @@ from protocol.step import Decided, Delivered, FaultKind, Output, RoundStarted, S
 #: the simulator's learning-level Byzantine strategies plug in here, so that a lying
 #: node's own core stays consistent with what it sends (no accidental equivocation).
 VectorFilter = Callable[[int, int, int, np.ndarray], np.ndarray]
+
+#: the broadcast instance's handler for each message type (a dict beats a match here)
+_HANDLERS: dict[type[Message], Callable[[BroadcastInstance, int, Any], Step]] = {
+    Send: BroadcastInstance.handle_send,
+    Echo: BroadcastInstance.handle_echo,
+    Ready: BroadcastInstance.handle_ready,
+    Fetch: BroadcastInstance.handle_fetch,
+    FetchReply: BroadcastInstance.handle_fetch_reply,
+}
 
 #: bytes an array header may add to dim * itemsize on the wire
 ARRAY_HEADER_BYTES_MAX = 64
@@ -116,18 +126,10 @@ class AveragingAgreement:
 
     def handle(self, sender: int, msg: Message) -> Step:
         """A broadcast message whose tag belongs to this agreement (the core checked it)."""
-        instance = self._instance(msg.iid)
-        match msg:
-            case Send():
-                step = instance.handle_send(sender, msg)
-            case Echo():
-                step = instance.handle_echo(sender, msg)
-            case Ready():
-                step = instance.handle_ready(sender, msg)
-            case Fetch():
-                step = instance.handle_fetch(sender, msg)
-            case FetchReply():
-                step = instance.handle_fetch_reply(sender, msg)
+        instance = self._instances.get(msg.iid) or self._instance(msg.iid)
+        step: Step = _HANDLERS[type(msg)](instance, sender, msg)
+        if not step.outputs:
+            return step  # nothing delivered, so no round can have completed
         return self._consume_deliveries(step)
 
     def tick(self) -> Step:

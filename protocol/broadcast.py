@@ -53,7 +53,9 @@ class BroadcastInstance:
     """One reliable-broadcast instance, from this node's point of view."""
 
     __slots__ = (
+        "_deliver_quorum",
         "_echo_counts",
+        "_echo_quorum",
         "_echo_signatures",
         "_echoes",
         "_fetch_answered",
@@ -62,6 +64,7 @@ class BroadcastInstance:
         "_params",
         "_payload_bytes_max",
         "_readies",
+        "_ready_amplify",
         "_ready_counts",
         "_scheme",
         "_send_digest",
@@ -83,6 +86,10 @@ class BroadcastInstance:
         self._params = params
         self._scheme = scheme
         self._payload_bytes_max = payload_bytes_max
+        # the quorums, read on every ECHO and READY: attributes, not properties
+        self._echo_quorum = params.echo_quorum
+        self._ready_amplify = params.ready_amplify
+        self._deliver_quorum = params.deliver_quorum
         #: the payload whose digest we echoed (or fetched after delivering)
         self.payload: bytes | memoryview | None = None
         self._send_digest: bytes | None = None
@@ -122,7 +129,7 @@ class BroadcastInstance:
         payload_digest = digest(payload)
         signature = self._scheme.sign(self._params.session, self.iid, payload_digest)
         step.broadcast(Send(self.iid, payload, signature))
-        step.extend(self._accept_send(payload, payload_digest, signature))
+        self._accept_send(payload, payload_digest, signature, step)
         return step
 
     # ------------------------------------------------------------------ inputs
@@ -151,38 +158,12 @@ class BroadcastInstance:
             else:
                 self._record_equivocation(step, payload_digest, msg.signature)
             return step
-        step.extend(self._accept_send(msg.payload, payload_digest, msg.signature))
+        self._accept_send(msg.payload, payload_digest, msg.signature, step)
         return step
 
     def handle_echo(self, sender: int, msg: Echo) -> Step:
         step = Step()
-        previous = self._echoes.get(sender)
-        if previous is not None:
-            kind = FaultKind.DUPLICATE if previous == msg.digest else FaultKind.CONFLICTING_ECHO
-            step.fault(sender, kind, "second ECHO for one instance", self.iid)
-            return step
-        conflicts = self._send_digest is not None and msg.digest != self._send_digest
-        if conflicts and self._scheme.enabled:
-            # Either the origin equivocated (the echo carries its signature on another
-            # digest: a proof) or the echoer lies (the signature does not verify). With
-            # signatures off nobody can tell, so nobody is accused.
-            if not self._scheme.verify(
-                self._params.session, self.iid, msg.digest, msg.origin_signature
-            ):
-                step.fault(
-                    sender,
-                    FaultKind.BAD_SIGNATURE,
-                    "ECHO carries a forged origin signature",
-                    self.iid,
-                )
-                return step
-            self._record_equivocation(step, msg.digest, msg.origin_signature)
-        self._echoes[sender] = msg.digest
-        self._echo_signatures.setdefault(msg.digest, (sender, msg.origin_signature))
-        count = self._echo_counts.get(msg.digest, 0) + 1
-        self._echo_counts[msg.digest] = count
-        if count >= self._params.echo_quorum:
-            step.extend(self._send_ready(msg.digest))
+        self._echo(sender, msg.digest, msg.origin_signature, step)
         return step
 
     def handle_ready(self, sender: int, msg: Ready) -> Step:
@@ -192,8 +173,38 @@ class BroadcastInstance:
             kind = FaultKind.DUPLICATE if previous == msg.digest else FaultKind.CONFLICTING_READY
             step.fault(sender, kind, "second READY for one instance", self.iid)
             return step
-        step.extend(self._count_ready(sender, msg.digest))
+        self._count_ready(sender, msg.digest, step)
         return step
+
+    def _echo(self, sender: int, echo_digest: bytes, origin_signature: bytes, step: Step) -> None:
+        previous = self._echoes.get(sender)
+        if previous is not None:
+            kind = FaultKind.DUPLICATE if previous == echo_digest else FaultKind.CONFLICTING_ECHO
+            step.fault(sender, kind, "second ECHO for one instance", self.iid)
+            return
+        conflicts = self._send_digest is not None and echo_digest != self._send_digest
+        if conflicts and self._scheme.enabled:
+            # Either the origin equivocated (the echo carries its signature on another
+            # digest: a proof) or the echoer lies (the signature does not verify). With
+            # signatures off nobody can tell, so nobody is accused.
+            if not self._scheme.verify(
+                self._params.session, self.iid, echo_digest, origin_signature
+            ):
+                step.fault(
+                    sender,
+                    FaultKind.BAD_SIGNATURE,
+                    "ECHO carries a forged origin signature",
+                    self.iid,
+                )
+                return
+            self._record_equivocation(step, echo_digest, origin_signature)
+        self._echoes[sender] = echo_digest
+        if echo_digest not in self._echo_signatures:
+            self._echo_signatures[echo_digest] = (sender, origin_signature)
+        count = self._echo_counts.get(echo_digest, 0) + 1
+        self._echo_counts[echo_digest] = count
+        if count >= self._echo_quorum:
+            self._send_ready(echo_digest, step)
 
     def handle_fetch(self, sender: int, msg: Fetch) -> Step:
         step = Step()
@@ -231,9 +242,8 @@ class BroadcastInstance:
     # ------------------------------------------------------------------ internals
 
     def _accept_send(
-        self, payload: bytes | memoryview, payload_digest: bytes, signature: bytes
-    ) -> Step:
-        step = Step()
+        self, payload: bytes | memoryview, payload_digest: bytes, signature: bytes, step: Step
+    ) -> None:
         self._send_digest = payload_digest
         self._send_signature = signature
         if self.delivered_digest is None or self.delivered_digest == payload_digest:
@@ -252,33 +262,24 @@ class BroadcastInstance:
                         self.iid,
                     )
         step.broadcast(Echo(self.iid, payload_digest, signature))
-        step.extend(self._count_echo_self(payload_digest, signature))
+        if self._params.me not in self._echoes:
+            self._echo(self._params.me, payload_digest, signature, step)
         if self.delivered_digest == payload_digest and self.payload is not None:
             step.outputs.append(Delivered(self.iid, payload))
-        return step
 
-    def _count_echo_self(self, payload_digest: bytes, signature: bytes) -> Step:
-        me = self._params.me
-        if me in self._echoes:
-            return Step()
-        return self.handle_echo(me, Echo(self.iid, payload_digest, signature))
-
-    def _send_ready(self, ready_digest: bytes) -> Step:
-        step = Step()
-        if self.sent_ready:
-            return step
+    def _send_ready(self, ready_digest: bytes, step: Step) -> None:
+        if self._params.me in self._readies:
+            return
         step.broadcast(Ready(self.iid, ready_digest))
-        step.extend(self._count_ready(self._params.me, ready_digest))
-        return step
+        self._count_ready(self._params.me, ready_digest, step)
 
-    def _count_ready(self, sender: int, ready_digest: bytes) -> Step:
-        step = Step()
+    def _count_ready(self, sender: int, ready_digest: bytes, step: Step) -> None:
         self._readies[sender] = ready_digest
         count = self._ready_counts.get(ready_digest, 0) + 1
         self._ready_counts[ready_digest] = count
-        if count >= self._params.ready_amplify:
-            step.extend(self._send_ready(ready_digest))
-        if count >= self._params.deliver_quorum and self.delivered_digest is None:
+        if count >= self._ready_amplify:
+            self._send_ready(ready_digest, step)
+        if count >= self._deliver_quorum and self.delivered_digest is None:
             self.delivered_digest = ready_digest
             if self._send_digest == ready_digest and self.payload is not None:
                 step.outputs.append(Delivered(self.iid, self.payload))
@@ -286,7 +287,6 @@ class BroadcastInstance:
                 # We hold another digest (the origin equivocated) or nothing yet. The SEND
                 # from an honest origin is usually just late: fetch on the next tick.
                 self.payload = None
-        return step
 
     def _fetch_next(self) -> Step:
         """Ask one more node that echoed the delivered digest; the origin first, then by

@@ -154,6 +154,56 @@ def decode(data: bytes | memoryview, payload_bytes_max: int | None = None) -> Me
     return Fetch(iid, _digest(obj[6]))
 
 
+class SharedDecoder:
+    """:func:`decode` with a fixed payload limit, memoized over the byte strings it has seen.
+
+    ``decode`` is a pure function of the bytes, so one memo may serve every core in a
+    process. In the simulator a broadcast is one ``bytes`` object delivered to n-1 cores:
+    with a shared decoder the header is parsed once instead of n-1 times (a ``bytes``
+    object caches its own hash, so later lookups cost one dict probe). A real node gets a
+    fresh object per message and has nothing to gain: it uses plain :func:`decode`.
+
+    Only objects of at most :attr:`bytes_max` bytes are kept (ECHO, READY, FETCH and small
+    payloads: the vast majority), at most :attr:`entries_max` of them, oldest evicted
+    first; memory stays under ``entries_max x bytes_max``. Malformed bytes are memoized
+    too: every receiver still gets its own :class:`CodecError` (and charges the sender).
+    """
+
+    __slots__ = ("_memo", "bytes_max", "entries_max", "hits", "misses", "payload_bytes_max")
+
+    def __init__(
+        self, payload_bytes_max: int | None, entries_max: int = 65_536, bytes_max: int = 512
+    ) -> None:
+        if entries_max < 1 or bytes_max < 0:
+            raise ValueError("entries_max must be >= 1 and bytes_max >= 0")
+        self.payload_bytes_max = payload_bytes_max
+        self.entries_max = entries_max
+        self.bytes_max = bytes_max
+        self.hits = 0
+        self.misses = 0
+        self._memo: dict[bytes, Message | str] = {}
+
+    def __call__(self, data: bytes | memoryview) -> Message:
+        if type(data) is not bytes or len(data) > self.bytes_max:
+            return decode(data, self.payload_bytes_max)
+        memo = self._memo
+        result = memo.get(data)
+        if result is None:
+            self.misses += 1
+            try:
+                result = decode(data, self.payload_bytes_max)
+            except CodecError as exc:
+                result = str(exc)
+            if len(memo) >= self.entries_max:
+                del memo[next(iter(memo))]  # the oldest entry (dicts keep insertion order)
+            memo[data] = result
+        else:
+            self.hits += 1
+        if isinstance(result, str):
+            raise CodecError(result)
+        return result
+
+
 _HEADER_NAMES = ("origin", "step", "phase", "round", "kind")
 _TYPE_NAMES = {_SEND: "send", _ECHO: "echo", _READY: "ready", _FETCH: "fetch", _REPLY: "reply"}
 

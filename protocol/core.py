@@ -11,21 +11,30 @@ their payloads. Memory per peer is therefore bounded by
 
 from __future__ import annotations
 
+import functools
 import math
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 
 import numpy as np
 
 from protocol.aggregate import get_aggregator, min_nodes
-from protocol.agreement import AgreementParams, AveragingAgreement, VectorFilter
+from protocol.agreement import (
+    ARRAY_HEADER_BYTES_MAX,
+    AgreementParams,
+    AveragingAgreement,
+    VectorFilter,
+)
 from protocol.broadcast import BroadcastParams
 from protocol.codec import CodecError, decode
 from protocol.crypto import SESSION_ID_BYTES, SignatureScheme
 from protocol.messages import Kind, Message, Phase
 from protocol.step import UNKNOWN_NODE, FaultKind, Step
+
+#: the broadcast kinds an agreement runs (a set of plain ints: enum lookups are slow)
+_KINDS = frozenset({int(Kind.VECTOR), int(Kind.REPORT)})
 
 
 class GradientSchedule(StrEnum):
@@ -92,6 +101,11 @@ class ProtocolConfig:
         if self.steps_ahead_max < 0 or self.steps_retained < 0:
             raise ValueError("window sizes must be non-negative")
 
+    @property
+    def payload_bytes_max(self) -> int:
+        """The largest payload a message may carry: an encoded vector."""
+        return self.dim * np.dtype(self.dtype).itemsize + ARRAY_HEADER_BYTES_MAX
+
 
 @dataclass(frozen=True, slots=True)
 class CoreStatistics:
@@ -115,7 +129,11 @@ class NodeCore:
         config: ProtocolConfig,
         scheme: SignatureScheme,
         vector_filter: VectorFilter | None = None,
+        decoder: Callable[[bytes | memoryview], Message] | None = None,
     ) -> None:
+        """``decoder`` replaces :func:`~protocol.codec.decode` (with this core's payload
+        limit); the simulator passes one :class:`~protocol.codec.SharedDecoder` to all its
+        cores. It must raise :class:`~protocol.codec.CodecError` for bad bytes."""
         self.config = config
         self._scheme = scheme
         self._params = AgreementParams(
@@ -130,8 +148,10 @@ class NodeCore:
         self._stale = 0
         self._handled = 0
         self._faults: Counter[tuple[str, int]] = Counter()
-        self._highest_step_seen: dict[int, int] = {}
-        self._payload_bytes_max = self._params.payload_bytes_max(Kind.VECTOR)
+        self._highest_step_seen = [-1] * config.n  # -1: nothing seen yet
+        self._decode = decoder or functools.partial(
+            decode, payload_bytes_max=config.payload_bytes_max
+        )
 
     @property
     def current_step(self) -> int:
@@ -171,7 +191,7 @@ class NodeCore:
     def receive(self, sender: int, data: bytes | memoryview) -> Step:
         """Bytes from an authenticated peer."""
         try:
-            message = decode(data, self._payload_bytes_max)
+            message = self._decode(data)
         except CodecError as exc:
             step = Step()
             step.fault(self._accused(sender), FaultKind.MALFORMED, str(exc))
@@ -180,14 +200,26 @@ class NodeCore:
 
     def handle(self, sender: int, msg: Message) -> Step:
         self._handled += 1
-        step = Step()
         config = self.config
         if not 0 <= sender < config.n or sender == config.me:
+            step = Step()
             step.fault(self._accused(sender), FaultKind.UNKNOWN_SENDER, f"sender id {sender}")
             return self._account(step)
-        tag = msg.iid.tag
-        if tag.step > self._highest_step_seen.get(sender, -1):
+        iid = msg.iid
+        tag = iid.tag
+        if tag.step > self._highest_step_seen[sender]:
             self._highest_step_seen[sender] = tag.step
+        agreement = self._agreements.get((tag.step, tag.phase))
+        if (
+            agreement is not None
+            and tag.round < agreement.rounds
+            and tag.kind in _KINDS
+            and iid.origin < config.n
+        ):
+            # The common case. A live agreement lies inside the window: it was created
+            # inside it, the window only moves forward, and leaving it retires it.
+            return self._account(agreement.handle(sender, msg))
+        step = Step()
         if tag.step < self._step - config.steps_retained:
             self._stale += 1  # late, from a slow peer: not a fault, nothing left to do
             return step
@@ -201,7 +233,7 @@ class NodeCore:
             )
             return self._account(step)
         rounds = config.schedule.rounds(tag.step, tag.phase)
-        if msg.iid.origin >= config.n or tag.kind not in (Kind.VECTOR, Kind.REPORT):
+        if iid.origin >= config.n or tag.kind not in _KINDS:
             step.fault(sender, FaultKind.BAD_TAG, f"no such instance {msg.iid}", msg.iid)
             return self._account(step)
         if tag.round >= rounds:
@@ -219,7 +251,7 @@ class NodeCore:
 
     def highest_steps_seen(self) -> list[int]:
         """The highest step each peer has sent us a message for, highest first."""
-        return sorted(self._highest_step_seen.values(), reverse=True)
+        return sorted((s for s in self._highest_step_seen if s >= 0), reverse=True)
 
     def agreement(self, step: int, phase: int) -> AveragingAgreement | None:
         return self._agreements.get((step, phase))
@@ -234,7 +266,9 @@ class NodeCore:
             stale_messages=self._stale,
             messages_handled=self._handled,
             faults=faults,
-            highest_step_seen=dict(sorted(self._highest_step_seen.items())),
+            highest_step_seen={
+                peer: seen for peer, seen in enumerate(self._highest_step_seen) if seen >= 0
+            },
         )
 
     # ------------------------------------------------------------------ internals

@@ -33,6 +33,7 @@ from node.partition import partition
 from node.runner import Runner, RunnerHooks, StepRecord
 from node.tasks import derive_seed, load_task
 from node.trainer import Trainer, TrainerConfig
+from protocol.codec import SharedDecoder
 from protocol.core import NodeCore, ProtocolConfig
 from protocol.crypto import Ed25519Scheme, SignatureScheme, UnsignedScheme, digest
 from protocol.step import Decided, Fault, Output, RoundStarted
@@ -126,6 +127,7 @@ class Simulation:
         self.runners: list[Runner] = []
         self.learners: list[DivergenceGuard] = []
         self.strategies: dict[int, Strategy] = {}
+        self._decoder: SharedDecoder | None = None  # one memo of decoded messages for all
         for node in range(n):
             self.runners.append(self._build_node(node))
         self.log = MetricsLog(out_dir, self.honest)  # opened last: nothing left to fail
@@ -179,7 +181,14 @@ class Simulation:
             steps_ahead_max=protocol.steps_ahead_max,
             steps_retained=protocol.steps_retained,
         )
-        core = NodeCore(core_config, scheme, strategy.vector if strategy is not None else None)
+        if self._decoder is None:  # every node has the same payload limit
+            self._decoder = SharedDecoder(core_config.payload_bytes_max)
+        core = NodeCore(
+            core_config,
+            scheme,
+            strategy.vector if strategy is not None else None,
+            decoder=self._decoder,
+        )
         hooks = RunnerHooks(
             on_output=self._on_output,
             on_fault=self._on_fault,

@@ -76,6 +76,18 @@ class EventQueue:
             return None
         return self._current[0][0]
 
+    def pop_until(self, limit_s: float) -> Event | None:
+        """The next event if it is due by ``limit_s``, else None (also when empty)."""
+        current = self._current
+        if not current:
+            if not self._advance():
+                return None
+            current = self._current
+        if current[0][0] > limit_s:
+            return None
+        self._size -= 1
+        return heapq.heappop(current)
+
     def pop(self) -> Event:
         """The next event; raises IndexError when the queue is empty."""
         if not self._current and not self._advance():

@@ -59,9 +59,10 @@ _TIMER_SRC = -1
 # Trace digest event markers.
 _DELIVERED, _DUPLICATE, _DISCARDED, _TIMER, _OUTPUT = range(5)
 _TRACE_RECORD = struct.Struct("<Bdqqqqq")
-#: Payloads up to this size are joined to their record and hashed in one call (a copy
-#: is cheaper than a second call); larger ones are hashed in place.
+#: Payloads up to this size join the trace buffer; larger ones are hashed in place.
 _TRACE_JOIN_BYTES_MAX = 4096
+#: The trace buffer is hashed (and emptied) once it holds this much.
+_TRACE_BUFFER_BYTES = 1 << 16
 
 Classifier = Callable[[bytes], tuple[str, tuple[int, ...]]]
 
@@ -156,6 +157,7 @@ class VirtualEndpoint:
         "_delivered_below",
         "_duplicates_dropped",
         "_messages_dropped",
+        "_messages_received_from",
         "_messages_sent_to",
         "_network",
         "_received_by_kind",
@@ -172,6 +174,8 @@ class VirtualEndpoint:
         self._bytes_received_from = [0] * n
         self._sent_by_kind: _KindCounts = {}
         self._received_by_kind: _KindCounts = {}
+        self._messages_received_from = [0] * n
+        # (src, seq) deduplication, used only when the scheduler may duplicate
         self._delivered_below = [0] * n
         self._delivered_above: list[set[int]] = [set() for _ in range(n)]
         self._duplicates_dropped = 0
@@ -218,10 +222,6 @@ class VirtualEndpoint:
         self._delivered_below[src] = below
         return True
 
-    def _messages_received_from(self, src: int) -> int:
-        """Messages accepted from ``src``: every seq below the watermark, and those above."""
-        return self._delivered_below[src] + len(self._delivered_above[src])
-
     def statistics(self) -> VirtualTransportStatistics:
         peers = [peer for peer in range(self._network.n) if peer != self.node_id]
         messages_sent_by_kind, bytes_sent_by_kind = _split(self._sent_by_kind)
@@ -230,12 +230,12 @@ class VirtualEndpoint:
             bytes_sent=sum(self._bytes_sent_to),
             bytes_received=sum(self._bytes_received_from),
             messages_sent=sum(self._messages_sent_to),
-            messages_received=sum(self._messages_received_from(peer) for peer in peers),
+            messages_received=sum(self._messages_received_from),
             messages_dropped=self._messages_dropped,
             bytes_sent_by_peer={peer: self._bytes_sent_to[peer] for peer in peers},
             bytes_received_by_peer={peer: self._bytes_received_from[peer] for peer in peers},
             messages_sent_by_peer={peer: self._messages_sent_to[peer] for peer in peers},
-            messages_received_by_peer={peer: self._messages_received_from(peer) for peer in peers},
+            messages_received_by_peer={peer: self._messages_received_from[peer] for peer in peers},
             bytes_sent_by_kind=bytes_sent_by_kind,
             messages_sent_by_kind=messages_sent_by_kind,
             bytes_received_by_kind=bytes_received_by_kind,
@@ -283,6 +283,7 @@ class VirtualNetwork:
         self._next_timer_id = 0
         self._now_s = 0.0
         self._trace = blake3.blake3()
+        self._trace_buffer = bytearray()  # hashed in chunks: see _trace_add
         self._events_processed = 0
         self._messages_delivered = 0
         self._bytes_delivered = 0
@@ -341,14 +342,31 @@ class VirtualNetwork:
 
     def record_output(self, node: int, data: bytes) -> None:
         """Fold a node's output (a delivered value, a model digest) into the trace digest."""
-        self._trace.update(
-            _TRACE_RECORD.pack(_OUTPUT, self._now_s, node, _TIMER_SRC, 0, 0, len(data))
-        )
-        self._trace.update(data)
+        record = _TRACE_RECORD.pack(_OUTPUT, self._now_s, node, _TIMER_SRC, 0, 0, len(data))
+        self._trace_add(record, data)
 
     def trace_digest(self) -> str:
         """Hex digest of every event and output so far; equal seeds give equal digests."""
+        self._trace_flush()
         return self._trace.hexdigest()
+
+    def _trace_add(self, record: bytes, data: bytes = b"") -> None:
+        """Append to the trace. Records and small payloads gather in a buffer hashed 64 KiB
+        at a time (half the cost of one ``update`` per piece); the digest is the same,
+        blake3 being a stream hash. Large payloads are hashed in place."""
+        buffer = self._trace_buffer
+        buffer += record
+        if len(data) > _TRACE_JOIN_BYTES_MAX:
+            self._trace_flush()
+            self._trace.update(data)
+            return
+        buffer += data
+        if len(buffer) >= _TRACE_BUFFER_BYTES:
+            self._trace_flush()
+
+    def _trace_flush(self) -> None:
+        self._trace.update(self._trace_buffer)
+        self._trace_buffer.clear()
 
     def statistics(self) -> NetworkStatistics:
         bytes_by_kind: dict[str, int] = {}
@@ -422,9 +440,7 @@ class VirtualNetwork:
             del self._timers[timer_id]
             return
         self._timer_firings += 1
-        self._trace.update(
-            _TRACE_RECORD.pack(_TIMER, time_s, node, _TIMER_SRC, timer_id, firing, 0)
-        )
+        self._trace_add(_TRACE_RECORD.pack(_TIMER, time_s, node, _TIMER_SRC, timer_id, firing, 0))
         next_s = timer.start_s + (firing + 1) * timer.interval_s
         self._events.push((next_s, node, _TIMER_SRC, timer_id, firing + 1, b"", ""))
         timer.fn(time_s)
@@ -435,20 +451,18 @@ class VirtualNetwork:
         if src == _TIMER_SRC:
             self._fire_timer(time_s, dst, seq, copy)
             return
-        trace = self._trace
         if self._crashed[dst]:
             self._messages_discarded += 1
-            trace.update(_TRACE_RECORD.pack(_DISCARDED, time_s, dst, src, seq, copy, len(data)))
+            self._trace_add(_TRACE_RECORD.pack(_DISCARDED, time_s, dst, src, seq, copy, len(data)))
             return
         endpoint = self._endpoints[dst]
-        below = endpoint._delivered_below
-        if seq == below[src] and not endpoint._delivered_above[src]:
-            below[src] = seq + 1  # endpoint._accept's common case: the link's next seq
-        elif not endpoint._accept(src, seq):
+        # Without copies every (src, dst, seq) is delivered once: nothing to deduplicate.
+        if self._may_copy and not endpoint._accept(src, seq):
             endpoint._duplicates_dropped += 1
             self._duplicates_dropped += 1
-            trace.update(_TRACE_RECORD.pack(_DUPLICATE, time_s, dst, src, seq, copy, len(data)))
+            self._trace_add(_TRACE_RECORD.pack(_DUPLICATE, time_s, dst, src, seq, copy, len(data)))
             return
+        endpoint._messages_received_from[src] += 1
         size_bytes = len(data)
         endpoint._bytes_received_from[src] += size_bytes
         counts = endpoint._received_by_kind.get(kind)
@@ -458,12 +472,16 @@ class VirtualNetwork:
         counts[1] += size_bytes
         self._messages_delivered += 1
         self._bytes_delivered += size_bytes
-        record = _TRACE_RECORD.pack(_DELIVERED, time_s, dst, src, seq, copy, size_bytes)
+        # _trace_add, inlined: this runs for every message
+        buffer = self._trace_buffer
+        buffer += _TRACE_RECORD.pack(_DELIVERED, time_s, dst, src, seq, copy, size_bytes)
         if size_bytes <= _TRACE_JOIN_BYTES_MAX:
-            trace.update(record + data)  # one call; the same digest as two updates
+            buffer += data
+            if len(buffer) >= _TRACE_BUFFER_BYTES:
+                self._trace_flush()
         else:
-            trace.update(record)
-            trace.update(data)
+            self._trace_flush()
+            self._trace.update(data)
         handler = handlers[dst]
         assert handler is not None  # run() checked every live node has one
         handler(src, data)
@@ -504,32 +522,34 @@ class VirtualNetwork:
         events_before = self._events_processed
         delivered_before = self._messages_delivered
         events = self._events
-        peek_time_s = events.peek_time_s
-        pop = events.pop
+        pop_until = events.pop_until
         process = self._process
         events_since_checkpoint = 0
         while True:
             if until():
                 reason = StopReason.UNTIL
                 break
-            time_s = peek_time_s()
-            if time_s is None:
-                reason = StopReason.QUIESCENT
-                break
-            if time_s > time_limit_s:
-                self._now_s = max(self._now_s, time_limit_s)
-                reason = StopReason.TIME_LIMIT
-                break
-            if time_s > self._now_s:
-                self._now_s = time_s
-                if time_s - clock_s > clock_lag_max_s:
-                    await trio.sleep_until(clock_offset_s + time_s)
-                    clock_s = time_s
-                    events_since_checkpoint = 0
             if events_since_checkpoint >= _EVENTS_PER_CHECKPOINT:
                 await trio.lowlevel.checkpoint()
                 events_since_checkpoint = 0
-            process(pop(), handlers)
+            event = pop_until(time_limit_s)
+            if event is None:
+                if events:
+                    self._now_s = max(self._now_s, time_limit_s)
+                    reason = StopReason.TIME_LIMIT
+                else:
+                    reason = StopReason.QUIESCENT
+                break
+            time_s = event[0]
+            if time_s > self._now_s:
+                self._now_s = time_s
+                if time_s - clock_s > clock_lag_max_s:
+                    events.push(event)  # back in line: other tasks run while we sleep
+                    await trio.sleep_until(clock_offset_s + time_s)
+                    clock_s = time_s
+                    events_since_checkpoint = 0
+                    continue
+            process(event, handlers)
             events_since_checkpoint += 1
         if self._now_s > clock_s:
             await trio.sleep_until(clock_offset_s + self._now_s)
