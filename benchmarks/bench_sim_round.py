@@ -23,7 +23,7 @@ import collections
 import os
 import platform
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import trio
@@ -33,7 +33,7 @@ from protocol.codec import SharedDecoder, encode
 from protocol.core import GradientSchedule, NodeCore, ProtocolConfig, RoundSchedule
 from protocol.crypto import Ed25519Scheme, SignatureScheme, UnsignedScheme
 from protocol.messages import Phase
-from protocol.step import EVERYONE, Step
+from protocol.step import EVERYONE, Decided, Step
 from sim.adapters import BroadcastClassifier
 from sim.engine import roster_keys, signing_seed
 from sim.network import VirtualNetwork
@@ -46,7 +46,7 @@ GOAL_S_PER_ROUND = 10.0
 BASELINE_N = 16
 SESSION = bytes(32)
 
-Send = Callable[[int, bytes], None]
+SendMany = Callable[[Sequence[int], bytes], None]
 
 
 def build_cores(n: int, rounds: int, crypto: bool, seed: int) -> list[NodeCore]:
@@ -65,16 +65,19 @@ def build_cores(n: int, rounds: int, crypto: bool, seed: int) -> list[NodeCore]:
     return cores
 
 
-def execute(me: int, n: int, step: Step, send: Send) -> None:
-    """A runner's effects, minus learning: encode each message once, send it out."""
+def execute(peers: tuple[int, ...], step: Step, send_many: SendMany) -> int:
+    """A runner's effects, minus learning: encode each message once, send it out.
+    Returns how many agreements the step decided."""
     for outgoing in step.messages:
         data = encode(outgoing.message)
-        if outgoing.to == EVERYONE:
-            for dst in range(n):
-                if dst != me:
-                    send(dst, data)
-        else:
-            send(outgoing.to, data)
+        send_many(peers if outgoing.to == EVERYONE else (outgoing.to,), data)
+    if not step.outputs:
+        return 0
+    return sum(isinstance(output, Decided) for output in step.outputs)
+
+
+def peers_of(me: int, n: int) -> tuple[int, ...]:
+    return tuple(peer for peer in range(n) if peer != me)
 
 
 def inputs(n: int, seed: int) -> np.ndarray:
@@ -86,41 +89,30 @@ def run_network(n: int, rounds: int, crypto: bool, seed: int) -> tuple[float, in
     cores = build_cores(n, rounds, crypto, seed)
     network = VirtualNetwork(n, seed, DefaultScheduler(), BroadcastClassifier())
     vectors = inputs(n, seed)
+    decided = [0]  # agreements decided, over all cores
 
     def handler(me: int) -> Callable[[int, bytes], None]:
         core = cores[me]
-        send = network.endpoint(me).send_nowait
+        peers = peers_of(me, n)
+        send_many = network.endpoint(me).send_many
 
         def deliver(src: int, data: bytes) -> None:
-            execute(me, n, core.receive(src, data), send)
+            decided[0] += execute(peers, core.receive(src, data), send_many)
 
         return deliver
 
-    undecided = list(range(n))
-
-    def decided() -> bool:
-        """Whether every core decided; a decided core is never asked again."""
-        while undecided:
-            agreement = cores[undecided[-1]].agreement(0, Phase.GRADIENT)
-            if agreement is None or not agreement.decided:
-                return False
-            undecided.pop()
-        return True
-
     async def main() -> None:
         for me, core in enumerate(cores):
-            execute(
-                me,
-                n,
-                core.propose(0, Phase.GRADIENT, vectors[me]),
-                network.endpoint(me).send_nowait,
-            )
-        await network.run({i: handler(i) for i in range(n)}, decided, 1e6, clock_lag_max_s=1e-3)
+            step = core.propose(0, Phase.GRADIENT, vectors[me])
+            decided[0] += execute(peers_of(me, n), step, network.endpoint(me).send_many)
+        await network.run(
+            {i: handler(i) for i in range(n)}, lambda: decided[0] == n, 1e6, clock_lag_max_s=1e-3
+        )
 
     started = time.perf_counter()
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
     elapsed = time.perf_counter() - started
-    assert decided(), f"n={n} did not decide (seed {seed})"
+    assert decided[0] == n, f"n={n}: {decided[0]} cores decided (seed {seed})"
     return elapsed, network.statistics().messages_delivered
 
 
@@ -130,17 +122,22 @@ def run_fifo(n: int, rounds: int, seed: int) -> tuple[float, int]:
     queue: collections.deque[tuple[int, int, bytes]] = collections.deque()
     vectors = inputs(n, seed)
 
-    def sender(me: int) -> Send:
-        return lambda dst, data: queue.append((me, dst, data))
+    def sender(me: int) -> SendMany:
+        def send_many(dsts: Sequence[int], data: bytes) -> None:
+            queue.extend((me, dst, data) for dst in dsts)
 
+        return send_many
+
+    peers = [peers_of(me, n) for me in range(n)]
+    senders = [sender(me) for me in range(n)]
     started = time.perf_counter()
     for me, core in enumerate(cores):
-        execute(me, n, core.propose(0, Phase.GRADIENT, vectors[me]), sender(me))
+        execute(peers[me], core.propose(0, Phase.GRADIENT, vectors[me]), senders[me])
     delivered = 0
     while queue:
         src, dst, data = queue.popleft()
         delivered += 1
-        execute(dst, n, cores[dst].receive(src, data), sender(dst))
+        execute(peers[dst], cores[dst].receive(src, data), senders[dst])
     return time.perf_counter() - started, delivered
 
 

@@ -11,7 +11,7 @@ simulator's single delivery loop, which is what makes simulations deterministic)
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -43,5 +43,10 @@ class Transport(Protocol):
     """
 
     def send_nowait(self, dst: int, data: bytes) -> None: ...
+
+    def send_many(self, dsts: Sequence[int], data: bytes) -> None:
+        """``send_nowait(dst, data)`` for each of ``dsts``, in order: one encoded broadcast
+        to many peers. Every bad ``dst`` is refused before anything is queued."""
+        ...
 
     def statistics(self) -> TransportStatistics: ...

@@ -119,6 +119,7 @@ class Runner:
         self.core = core
         self.me = core.config.me
         self._transport = transport
+        self._peers = tuple(peer for peer in range(core.config.n) if peer != self.me)
         self._learner = learner
         self._steps = steps
         self._eval_every = max(1, eval_every)
@@ -213,19 +214,17 @@ class Runner:
     # ------------------------------------------------------------------ effects
 
     def _execute(self, step: Step) -> None:
-        n = self.core.config.n
         outgoing_filter = self._hooks.outgoing_filter
         for outgoing in step.messages:
             data = encode(outgoing.message)  # once, shared by every link
-            targets: Iterable[int] = (
-                (d for d in range(n) if d != self.me) if outgoing.to == EVERYONE else (outgoing.to,)
-            )
+            targets = self._peers if outgoing.to == EVERYONE else (outgoing.to,)
+            if outgoing_filter is None:
+                self._messages_out += len(targets)
+                self._transport.send_many(targets, data)
+                continue
             for dst in targets:
-                if outgoing_filter is None:
-                    self._send(dst, data)
-                else:
-                    for rewritten in outgoing_filter(dst, outgoing.message, data):
-                        self._send(dst, rewritten)
+                for rewritten in outgoing_filter(dst, outgoing.message, data):
+                    self._send(dst, rewritten)
         for fault in step.faults:
             self._record_fault(fault)
         for output in step.outputs:

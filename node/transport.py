@@ -102,6 +102,14 @@ class TcpTransport:
             )
         link.send_nowait(data)
 
+    def send_many(self, dsts: Sequence[int], data: bytes) -> None:
+        """:meth:`send_nowait` to each of ``dsts``; every bad ``dst`` is refused first."""
+        for dst in dsts:
+            if dst not in self._outbound:
+                self.send_nowait(dst, data)  # raises the error naming it
+        for dst in dsts:
+            self.send_nowait(dst, data)
+
     async def receive(self) -> tuple[int, bytes]:
         """The next message from any peer, as (source id, data); waits for one."""
         return await self._queue.get()

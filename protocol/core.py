@@ -218,7 +218,8 @@ class NodeCore:
         ):
             # The common case. A live agreement lies inside the window: it was created
             # inside it, the window only moves forward, and leaving it retires it.
-            return self._account(agreement.handle(sender, msg))
+            step = agreement.handle(sender, msg)
+            return self._account(step) if step.faults else step
         step = Step()
         if tag.step < self._step - config.steps_retained:
             self._stale += 1  # late, from a slow peer: not a fault, nothing left to do

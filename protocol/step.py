@@ -7,7 +7,7 @@ a third party can check it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import StrEnum
 
 import numpy as np
@@ -87,13 +87,25 @@ class Decided:
 Output = Delivered | RoundStarted | Decided
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class Step:
     """Accumulates one input's consequences. Mutable while a core builds it."""
 
-    messages: list[Outgoing] = field(default_factory=list)
-    outputs: list[Output] = field(default_factory=list)
-    faults: list[Fault] = field(default_factory=list)
+    messages: list[Outgoing]
+    outputs: list[Output]
+    faults: list[Fault]
+
+    def __init__(
+        self,
+        messages: list[Outgoing] | None = None,
+        outputs: list[Output] | None = None,
+        faults: list[Fault] | None = None,
+    ) -> None:
+        # Written out: one Step per message handled, and dataclass default factories
+        # cost twice as much.
+        self.messages = [] if messages is None else messages
+        self.outputs = [] if outputs is None else outputs
+        self.faults = [] if faults is None else faults
 
     def send(self, to: int, message: Message) -> None:
         self.messages.append(Outgoing(to, message))

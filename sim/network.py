@@ -26,7 +26,7 @@ from __future__ import annotations
 import enum
 import math
 import struct
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import blake3
@@ -183,26 +183,29 @@ class VirtualEndpoint:
 
     def send_nowait(self, dst: int, data: bytes) -> None:
         """Queue ``data`` for ``dst``; it arrives after the scheduler's delay."""
+        self.send_many((dst,), data)
+
+    def send_many(self, dsts: Sequence[int], data: bytes) -> None:
+        """:meth:`send_nowait` to each of ``dsts``, in order (a broadcast): what depends
+        on the message alone (classifying it, counting it by kind) is done once."""
         network = self._network
         src = self.node_id
-        if not 0 <= dst < network.n or dst == src:
-            raise ValueError(f"node {src} has no link to {dst!r} (n={network.n})")
+        n = network.n
+        for dst in dsts:
+            if not 0 <= dst < n or dst == src:
+                raise ValueError(f"node {src} has no link to {dst!r} (n={n})")
         if network._crashed[src]:
-            self._messages_dropped += 1
+            self._messages_dropped += len(dsts)
             return
         if type(data) is not bytes:
             data = bytes(data)  # never hold a buffer the sender may still mutate
-        seq = self._messages_sent_to[dst]
-        self._messages_sent_to[dst] = seq + 1
-        size_bytes = len(data)
-        self._bytes_sent_to[dst] += size_bytes
         kind, tag = network._classify(data)
         counts = self._sent_by_kind.get(kind)
         if counts is None:
             counts = self._sent_by_kind[kind] = [0, 0]
-        counts[0] += 1
-        counts[1] += size_bytes
-        network._schedule(src, dst, seq, kind, tag, data)
+        counts[0] += len(dsts)
+        counts[1] += len(data) * len(dsts)
+        network._schedule(self, dsts, kind, tag, data)
 
     def _accept(self, src: int, seq: int) -> bool:
         """Whether (src, seq) is new here; marks it delivered if so."""
@@ -284,13 +287,11 @@ class VirtualNetwork:
         self._now_s = 0.0
         self._trace = blake3.blake3()
         self._trace_buffer = bytearray()  # hashed in chunks: see _trace_add
-        self._events_processed = 0
-        self._messages_delivered = 0
-        self._bytes_delivered = 0
         self._copies_injected = 0
         self._duplicates_dropped = 0
         self._messages_discarded = 0
         self._timer_firings = 0
+        self._cancelled_firings = 0  # timer events that found their timer gone
 
     @property
     def now_s(self) -> float:
@@ -377,11 +378,11 @@ class VirtualNetwork:
                 _add(bytes_by_kind, kind, size_bytes)
         return NetworkStatistics(
             now_s=self._now_s,
-            events_processed=self._events_processed,
+            events_processed=self._events_processed(),
             messages_sent=sum(messages_by_kind.values()),
             bytes_sent=sum(bytes_by_kind.values()),
-            messages_delivered=self._messages_delivered,
-            bytes_delivered=self._bytes_delivered,
+            messages_delivered=self._messages_delivered(),
+            bytes_delivered=sum(sum(e._bytes_received_from) for e in self._endpoints),
             copies_injected=self._copies_injected,
             duplicates_dropped=self._duplicates_dropped,
             messages_discarded=self._messages_discarded,
@@ -390,6 +391,15 @@ class VirtualNetwork:
             bytes_sent_by_kind=dict(sorted(bytes_by_kind.items())),
             messages_sent_by_kind=dict(sorted(messages_by_kind.items())),
         )
+
+    # Totals are summed when asked for, not counted per event: the delivery path is hot.
+
+    def _messages_delivered(self) -> int:
+        return sum(sum(endpoint._messages_received_from) for endpoint in self._endpoints)
+
+    def _events_processed(self) -> int:
+        handled = self._duplicates_dropped + self._messages_discarded + self._timer_firings
+        return self._messages_delivered() + handled + self._cancelled_firings
 
     def _checked_delay_s(self, meta: MessageMeta, u: float) -> float:
         return self._floored_delay_s(meta, self.scheduler.delay_s(meta, u))
@@ -400,30 +410,50 @@ class VirtualNetwork:
         return delay_s if delay_s > MIN_DELAY_S else MIN_DELAY_S
 
     def _schedule(
-        self, src: int, dst: int, seq: int, kind: str, tag: tuple[int, ...], data: bytes
+        self,
+        endpoint: VirtualEndpoint,
+        dsts: Sequence[int],
+        kind: str,
+        tag: tuple[int, ...],
+        data: bytes,
     ) -> None:
-        """Push one message (and the scheduler's extra copies of it) on the event queue.
+        """Give ``data`` from ``endpoint`` to each of ``dsts`` the next seq of its link and
+        push it (and the scheduler's extra copies of it) on the event queue.
 
         When the scheduler's delay is a function of the draw alone
         (:attr:`~sim.schedulers.Scheduler.delay_of_draw`), no :class:`MessageMeta` is
         built, which is most of the scheduling cost of a message.
         """
         now_s = self._now_s
-        u = self._draw_message(src, dst, seq)
+        src = endpoint.node_id
+        sent_to = endpoint._messages_sent_to
+        bytes_to = endpoint._bytes_sent_to
+        size_bytes = len(data)
+        draw = self._draw_message
         delay_of_draw = self._delay_of_draw
-        meta = None
-        if delay_of_draw is None:
-            meta = MessageMeta(src, dst, seq, kind, tag, len(data), now_s)
-            delay_s = self.scheduler.delay_s(meta, u)
-        else:
-            delay_s = delay_of_draw(u)
-        if not MIN_DELAY_S <= delay_s < math.inf:  # also NaN
-            meta = meta or MessageMeta(src, dst, seq, kind, tag, len(data), now_s)
-            delay_s = self._floored_delay_s(meta, delay_s)
-        self._events.push((now_s + delay_s, dst, src, seq, 0, data, kind))
-        if not self._may_copy:
-            return
-        meta = meta or MessageMeta(src, dst, seq, kind, tag, len(data), now_s)
+        push = self._events.push
+        for dst in dsts:
+            meta: MessageMeta | None = None
+            seq = sent_to[dst]
+            sent_to[dst] = seq + 1
+            bytes_to[dst] += size_bytes
+            u = draw(src, dst, seq)
+            if delay_of_draw is None:
+                meta = MessageMeta(src, dst, seq, kind, tag, size_bytes, now_s)
+                delay_s = self.scheduler.delay_s(meta, u)
+            else:
+                delay_s = delay_of_draw(u)
+            if not MIN_DELAY_S <= delay_s < math.inf:  # also NaN
+                meta = MessageMeta(src, dst, seq, kind, tag, size_bytes, now_s)
+                delay_s = self._floored_delay_s(meta, delay_s)
+            push((now_s + delay_s, dst, src, seq, 0, data, kind))
+            if self._may_copy:
+                meta = meta or MessageMeta(src, dst, seq, kind, tag, size_bytes, now_s)
+                self._push_copies(meta, data)
+
+    def _push_copies(self, meta: MessageMeta, data: bytes) -> None:
+        """The scheduler's extra copies of one message, each with its own delay."""
+        src, dst, seq, kind, now_s = meta.src, meta.dst, meta.seq, meta.kind, meta.send_time_s
         copies = self.scheduler.copies(meta, self._draw(src, dst, seq, _COPIES_DRAW))
         if type(copies) is not int or not 1 <= copies <= COPIES_MAX:
             raise ValueError(f"{self.scheduler!r} gave {copies!r} copies (1..{COPIES_MAX})")
@@ -435,9 +465,11 @@ class VirtualNetwork:
     def _fire_timer(self, time_s: float, node: int, timer_id: int, firing: int) -> None:
         timer = self._timers.get(timer_id)
         if timer is None:
-            return  # cancelled
+            self._cancelled_firings += 1
+            return
         if self._crashed[node]:
             del self._timers[timer_id]
+            self._cancelled_firings += 1
             return
         self._timer_firings += 1
         self._trace_add(_TRACE_RECORD.pack(_TIMER, time_s, node, _TIMER_SRC, timer_id, firing, 0))
@@ -447,7 +479,6 @@ class VirtualNetwork:
 
     def _process(self, event: Event, handlers: list[Callable[[int, bytes], None] | None]) -> None:
         time_s, dst, src, seq, copy, data, kind = event
-        self._events_processed += 1
         if src == _TIMER_SRC:
             self._fire_timer(time_s, dst, seq, copy)
             return
@@ -470,8 +501,6 @@ class VirtualNetwork:
             counts = endpoint._received_by_kind[kind] = [0, 0]
         counts[0] += 1
         counts[1] += size_bytes
-        self._messages_delivered += 1
-        self._bytes_delivered += size_bytes
         # _trace_add, inlined: this runs for every message
         buffer = self._trace_buffer
         buffer += _TRACE_RECORD.pack(_DELIVERED, time_s, dst, src, seq, copy, size_bytes)
@@ -519,8 +548,8 @@ class VirtualNetwork:
         handlers = [deliver.get(node) for node in range(self.n)]
         clock_offset_s = trio.current_time() - self._now_s
         clock_s = self._now_s  # the virtual time trio's clock was last brought to
-        events_before = self._events_processed
-        delivered_before = self._messages_delivered
+        events_before = self._events_processed()
+        delivered_before = self._messages_delivered()
         events = self._events
         pop_until = events.pop_until
         process = self._process
@@ -556,6 +585,6 @@ class VirtualNetwork:
         return RunResult(
             reason=reason,
             now_s=self._now_s,
-            events_processed=self._events_processed - events_before,
-            messages_delivered=self._messages_delivered - delivered_before,
+            events_processed=self._events_processed() - events_before,
+            messages_delivered=self._messages_delivered() - delivered_before,
         )

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from protocol.codec import (
     CodecError,
     FrameDecoder,
+    SharedDecoder,
     decode,
     decode_array,
     decode_report,
@@ -172,3 +173,36 @@ def test_frame_decoder_reassembles_and_bounds() -> None:
     decoder.feed((1001).to_bytes(4, "little"))
     with pytest.raises(CodecError, match="exceeds the limit"):
         decoder.next_frame()
+
+
+@settings(max_examples=200, deadline=None)
+@given(data=st.one_of(messages.map(encode), st.binary(max_size=600)))
+def test_shared_decoder_answers_as_decode_does_every_time(data: bytes) -> None:
+    shared = SharedDecoder(payload_bytes_max=1024)
+    for _ in range(3):  # a miss, then hits: the same answer each time
+        try:
+            expected = decode(data, 1024)
+        except CodecError as exc:
+            with pytest.raises(CodecError) as caught:
+                shared(data)
+            assert str(caught.value) == str(exc)
+            continue
+        assert _same(shared(data), expected)
+
+
+def test_shared_decoder_memoizes_small_messages_only_and_stays_bounded() -> None:
+    shared = SharedDecoder(payload_bytes_max=1 << 20, entries_max=4, bytes_max=200)
+    echo = encode(Echo(InstanceId(1, Tag(0, 0, 0, 0)), b"\1" * 32, b""))
+    assert shared(echo) is shared(echo)  # one decode, shared by every later receiver
+    assert (shared.misses, shared.hits) == (1, 1)
+    big = encode(Send(InstanceId(1, Tag(0, 0, 0, 0)), b"x" * 500, b""))
+    assert shared(big) is not shared(big)  # over bytes_max: decoded each time
+    for k in range(10):
+        shared(encode(Ready(InstanceId(k, Tag(0, 0, 0, 0)), b"\2" * 32)))
+    assert len(shared._memo) == 4  # the oldest were evicted
+    shared(echo)
+    assert shared.misses == 12  # echo was evicted too, so decoded again
+    with pytest.raises(CodecError, match="payload"):
+        SharedDecoder(payload_bytes_max=10)(
+            encode(Send(InstanceId(1, Tag(0, 0, 0, 0)), b"y" * 50, b""))
+        )

@@ -556,3 +556,37 @@ async def test_trace_digest_covers_payloads_and_outputs(
             network.record_output(1, output)
         digests.append(network.trace_digest())
     assert len(set(digests)) == 3
+
+
+async def test_send_many_is_send_nowait_to_each(autojump_clock: trio.testing.MockClock) -> None:
+    """One broadcast through send_many: the same seqs, delays, order, counters and trace
+    digest as the same sends one by one."""
+
+    async def run(many: bool) -> tuple[Log, str, Any]:
+        network = VirtualNetwork(6, 5, DefaultScheduler(duplicate_prob=0.2))
+        for src in range(6):
+            peers = [dst for dst in range(6) if dst != src]
+            for r in range(3):
+                data = b"%d#%d" % (src, r)
+                if many:
+                    network.endpoint(src).send_many(peers, data)
+                else:
+                    for dst in peers:
+                        network.endpoint(src).send_nowait(dst, data)
+        log: Log = []
+        await network.run(recording_handlers(network, log), lambda: False, 10.0)
+        return log, network.trace_digest(), network.endpoint(2).statistics()
+
+    assert await run(True) == await run(False)
+
+
+def test_send_many_refuses_a_bad_destination_before_sending_anything() -> None:
+    network = VirtualNetwork(4, 1, DefaultScheduler())
+    with pytest.raises(ValueError, match="no link to 7"):
+        network.endpoint(0).send_many([1, 2, 7], b"x")
+    with pytest.raises(ValueError, match="no link to 0"):
+        network.endpoint(0).send_many([1, 0], b"x")
+    assert network.statistics().messages_sent == 0
+    network.crash(0)
+    network.endpoint(0).send_many([1, 2, 3], b"x")
+    assert network.endpoint(0).statistics().messages_dropped == 3
