@@ -94,12 +94,12 @@ class BroadcastInstance:
         self.payload: bytes | memoryview | None = None
         self._send_digest: bytes | None = None
         self._send_signature = b""
-        self._echoes: dict[int, bytes] = {}
+        self._echoes: list[bytes | None] = [None] * params.n  # by sender: lists are compact
         self._echo_counts: dict[bytes, int] = {}
         #: the first (echoer, origin signature) per echoed digest: evidence against an
         #: equivocating origin once our own SEND shows another digest
         self._echo_signatures: dict[bytes, tuple[int, bytes]] = {}
-        self._readies: dict[int, bytes] = {}
+        self._readies: list[bytes | None] = [None] * params.n
         self._ready_counts: dict[bytes, int] = {}
         self.delivered_digest: bytes | None = None
         self._fetch_asked: list[int] = []
@@ -115,7 +115,7 @@ class BroadcastInstance:
 
     @property
     def sent_ready(self) -> bool:
-        return self._params.me in self._readies
+        return self._readies[self._params.me] is not None
 
     def drop_payload(self) -> None:
         """Free the payload (the instance is retired); late fetches for it go unanswered."""
@@ -168,7 +168,7 @@ class BroadcastInstance:
 
     def handle_ready(self, sender: int, msg: Ready) -> Step:
         step = Step()
-        previous = self._readies.get(sender)
+        previous = self._readies[sender]
         if previous is not None:
             kind = FaultKind.DUPLICATE if previous == msg.digest else FaultKind.CONFLICTING_READY
             step.fault(sender, kind, "second READY for one instance", self.iid)
@@ -177,7 +177,7 @@ class BroadcastInstance:
         return step
 
     def _echo(self, sender: int, echo_digest: bytes, origin_signature: bytes, step: Step) -> None:
-        previous = self._echoes.get(sender)
+        previous = self._echoes[sender]
         if previous is not None:
             kind = FaultKind.DUPLICATE if previous == echo_digest else FaultKind.CONFLICTING_ECHO
             step.fault(sender, kind, "second ECHO for one instance", self.iid)
@@ -210,7 +210,7 @@ class BroadcastInstance:
         step = Step()
         if sender in self._fetch_served:
             step.fault(sender, FaultKind.DUPLICATE, "FETCH asked twice", self.iid)
-        elif self._send_digest != msg.digest or self._params.me not in self._echoes:
+        elif self._send_digest != msg.digest or self._echoes[self._params.me] is None:
             step.fault(sender, FaultKind.BAD_FETCH, "FETCH for a digest we never echoed", self.iid)
         elif self.payload is not None:
             self._fetch_served.add(sender)
@@ -262,13 +262,13 @@ class BroadcastInstance:
                         self.iid,
                     )
         step.broadcast(Echo(self.iid, payload_digest, signature))
-        if self._params.me not in self._echoes:
+        if self._echoes[self._params.me] is None:
             self._echo(self._params.me, payload_digest, signature, step)
         if self.delivered_digest == payload_digest and self.payload is not None:
             step.outputs.append(Delivered(self.iid, payload))
 
     def _send_ready(self, ready_digest: bytes, step: Step) -> None:
-        if self._params.me in self._readies:
+        if self._readies[self._params.me] is not None:
             return
         step.broadcast(Ready(self.iid, ready_digest))
         self._count_ready(self._params.me, ready_digest, step)
@@ -297,7 +297,7 @@ class BroadcastInstance:
         n, me, origin = self._params.n, self._params.me, self.iid.origin
         candidates = [origin] + [(me + k) % n for k in range(1, n)]
         for node in candidates:
-            if node != me and self._echoes.get(node) == wanted and node not in self._fetch_asked:
+            if node != me and self._echoes[node] == wanted and node not in self._fetch_asked:
                 self._fetch_asked.append(node)
                 step.send(node, Fetch(self.iid, wanted))
                 break
