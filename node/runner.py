@@ -156,7 +156,9 @@ class Runner:
             return
         self._messages_in += 1
         step = self.core.receive(src, data)
-        far_ahead = any(fault.kind == FaultKind.FAR_AHEAD for fault in step.faults)
+        far_ahead = bool(step.faults) and any(
+            fault.kind == FaultKind.FAR_AHEAD for fault in step.faults
+        )
         self._execute(step)
         if far_ahead:
             self._maybe_jump()

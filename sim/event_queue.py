@@ -16,6 +16,7 @@ event pushed into the current bucket (or, defensively, an earlier one) joins its
 from __future__ import annotations
 
 import heapq
+from collections.abc import Sequence
 
 __all__ = ["BUCKET_WIDTH_S", "Event", "EventQueue"]
 
@@ -48,17 +49,25 @@ class EventQueue:
         return self._size
 
     def push(self, event: Event) -> None:
-        self._size += 1
-        bucket_id = int(event[0] * self._inv_width)
-        if bucket_id <= self._current_id:
-            heapq.heappush(self._current, event)
-            return
-        bucket = self._buckets.get(bucket_id)
-        if bucket is None:
-            self._buckets[bucket_id] = [event]
-            heapq.heappush(self._bucket_ids, bucket_id)
-        else:
-            bucket.append(event)
+        self.push_many((event,))
+
+    def push_many(self, events: Sequence[Event]) -> None:
+        """:meth:`push` each of ``events`` (a broadcast's), in one call."""
+        self._size += len(events)
+        inv_width = self._inv_width
+        current_id = self._current_id
+        buckets = self._buckets
+        for event in events:
+            bucket_id = int(event[0] * inv_width)
+            if bucket_id <= current_id:
+                heapq.heappush(self._current, event)
+                continue
+            bucket = buckets.get(bucket_id)
+            if bucket is None:
+                buckets[bucket_id] = [event]
+                heapq.heappush(self._bucket_ids, bucket_id)
+            else:
+                bucket.append(event)
 
     def _advance(self) -> bool:
         """Make the earliest future bucket current; False if there is none."""

@@ -431,7 +431,8 @@ class VirtualNetwork:
         size_bytes = len(data)
         draw = self._draw_message
         delay_of_draw = self._delay_of_draw
-        push = self._events.push
+        events: list[Event] = []
+        push = events.append
         for dst in dsts:
             meta: MessageMeta | None = None
             seq = sent_to[dst]
@@ -450,6 +451,7 @@ class VirtualNetwork:
             if self._may_copy:
                 meta = meta or MessageMeta(src, dst, seq, kind, tag, size_bytes, now_s)
                 self._push_copies(meta, data)
+        self._events.push_many(events)
 
     def _push_copies(self, meta: MessageMeta, data: bytes) -> None:
         """The scheduler's extra copies of one message, each with its own delay."""
