@@ -134,10 +134,18 @@ def decode(data: bytes | memoryview, payload_bytes_max: int | None = None) -> Me
     if len(obj) != 6 + _FIELDS[mtype]:
         raise CodecError(f"message type {mtype} takes {_FIELDS[mtype]} fields, got {len(obj) - 6}")
     origin, step, phase, rnd, kind = header = obj[1:6]
-    for value, name in zip(header, _HEADER_NAMES, strict=True):
-        if type(value) is not int or not 0 <= value <= FIELD_VALUE_MAX:
-            raise CodecError(f"{name} must be an integer in [0, {FIELD_VALUE_MAX}], got {value!r}")
-    iid = InstanceId(origin, Tag(step, phase, rnd, kind))
+    if not (
+        type(origin) is type(step) is type(phase) is type(rnd) is type(kind) is int
+        and 0 <= min(header)
+        and max(header) <= FIELD_VALUE_MAX
+    ):
+        for value, name in zip(header, _HEADER_NAMES, strict=True):
+            if type(value) is not int or not 0 <= value <= FIELD_VALUE_MAX:
+                raise CodecError(
+                    f"{name} must be an integer in [0, {FIELD_VALUE_MAX}], got {value!r}"
+                )
+    # tuple.__new__ is what the named tuples' own __new__ calls, minus a Python frame
+    iid = _new_tuple(InstanceId, (origin, _new_tuple(Tag, (step, phase, rnd, kind))))
     payload = view[end:]
     if mtype in (_SEND, _REPLY):
         if payload_bytes_max is not None and len(payload) > payload_bytes_max:
@@ -205,6 +213,7 @@ class SharedDecoder:
 
 
 _HEADER_NAMES = ("origin", "step", "phase", "round", "kind")
+_new_tuple = tuple.__new__
 _TYPE_NAMES = {_SEND: "send", _ECHO: "echo", _READY: "ready", _FETCH: "fetch", _REPLY: "reply"}
 
 
