@@ -324,6 +324,9 @@ async def test_misuse_raises_our_own_errors() -> None:
         for bad in (0, 2, -1):
             with pytest.raises(TransportError, match="no link"):
                 transport.send_nowait(bad, b"x")
+        with pytest.raises(TransportError, match="no link to 5"):
+            transport.send_many([1, 5], b"x")  # refused whole: nothing queued for 1
+        assert transport.queued_bytes(1) == 0
         too_big = cluster.configs[0].message_bytes_max + 1
         with pytest.raises(MessageTooLarge):
             transport.send_nowait(1, bytes(too_big))

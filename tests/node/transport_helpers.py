@@ -106,10 +106,13 @@ async def open_cluster(
                 await cluster.start(index)
             yield cluster
         finally:
+            # Shielded and before the cancel: an await in a cancelled scope would raise
+            # Cancelled, which the nursery swallows, and with it whatever the test raised.
+            with trio.CancelScope(shield=True):
+                for unused in cluster.listeners:  # nodes that never started
+                    for listener in unused:
+                        await trio.aclose_forcefully(listener)
             nursery.cancel_scope.cancel()
-            for unused in cluster.listeners:  # nodes that never started
-                for listener in unused:
-                    await trio.aclose_forcefully(listener)
 
 
 async def run_node(
