@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import statistics
 
 import pytest
@@ -33,3 +34,27 @@ def test_seeds_and_links_give_different_streams() -> None:
     b = [LinkUniforms(2, 2)(0, 1, seq) for seq in range(8)]
     c = [LinkUniforms(1, 2)(1, 0, seq) for seq in range(8)]
     assert a != b and a != c
+
+
+def _splitmix_unit(base: int, seq: int) -> float:
+    """The draw written out with Python integers, one message at a time."""
+    mask = 2**64 - 1
+    z = (base + seq * 0x9E3779B97F4A7C15) & mask
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & mask
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & mask
+    return (((z ^ (z >> 31)) >> 11) + 0.5) * 2.0**-53
+
+
+@pytest.mark.parametrize("seed", [0, 7, 2**63 + 5])
+def test_block_draws_equal_the_scalar_formula_in_any_order(seed: int) -> None:
+    uniforms = LinkUniforms(seed, 4)
+    rng = random.Random(seed)
+    asked = list(range(300)) + [rng.randrange(10**6) for _ in range(200)] + [63, 64, 0, 2**40]
+    rng.shuffle(asked)
+    for seq in asked:
+        got = uniforms(1, 3, seq)
+        base = uniforms._bases[1 * 4 + 3]
+        assert base is not None
+        assert got == _splitmix_unit(base, seq), f"seed {seed}, seq {seq}"
+    with pytest.raises(ValueError, match="seq"):
+        LinkUniforms(seed, 4)(0, 1, -1)
