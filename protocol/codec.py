@@ -173,7 +173,7 @@ class SharedDecoder:
 
     Only objects of at most :attr:`bytes_max` bytes are kept (ECHO, READY, FETCH and small
     payloads: the vast majority), at most :attr:`entries_max` of them, oldest evicted
-    first; memory stays under ``entries_max x bytes_max``. Malformed bytes are memoized
+    first; its keys stay under ``entries_max x bytes_max`` bytes. Malformed bytes are memoized
     too: every receiver still gets its own :class:`CodecError` (and charges the sender).
     """
 

@@ -52,9 +52,10 @@ def _split(counts: _KindCounts) -> tuple[dict[str, int], dict[str, int]]:
 class VirtualEndpoint:
     """One node's view of the virtual network; implements ``node.interfaces.Transport``.
 
-    Receiving deduplicates by (src, seq) as the real transport does: per source, a low
-    watermark below which every seq was delivered, plus the set of seqs delivered above
-    it, which stays as small as the link's reordering.
+    When the scheduler may duplicate messages, receiving deduplicates by (src, seq) as the
+    real transport does: per source, a low watermark below which every seq was delivered,
+    plus the set of seqs delivered above it, which stays as small as the link's
+    reordering. Otherwise every (src, seq) arrives once and nothing needs checking.
     """
 
     __slots__ = (
