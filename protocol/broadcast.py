@@ -268,7 +268,7 @@ class BroadcastInstance:
             step.outputs.append(Delivered(self.iid, payload))
 
     def _send_ready(self, ready_digest: bytes, step: Step) -> None:
-        if self._readies[self._params.me] is not None:
+        if self.sent_ready:
             return
         step.broadcast(Ready(self.iid, ready_digest))
         self._count_ready(self._params.me, ready_digest, step)

@@ -24,8 +24,8 @@ from collections.abc import Sequence
 __all__ = ["BUCKET_WIDTH_S", "Event", "EventQueue"]
 
 #: Width of one time bucket: 1/500 of a typical link delay (10 ms median), so that even
-#: at n = 64, with hundreds of thousands of events in flight, the current bucket's heap
-#: holds a few hundred (measured: 1 ms buckets cost ~20% more per event there).
+#: at n = 64, with hundreds of thousands of events in flight, the current bucket holds a
+#: few hundred (measured: 1 ms buckets cost ~20% more per event there).
 BUCKET_WIDTH_S = 2e-5
 
 #: A network event: (time_s, dst, src, seq, copy, data, kind). For a timer: (time_s, node,

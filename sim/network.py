@@ -371,16 +371,9 @@ class VirtualNetwork:
             counts = endpoint._received_by_kind[kind] = [0, 0]
         counts[0] += 1
         counts[1] += size_bytes
-        # _trace_add, inlined: this runs for every message
-        buffer = self._trace_buffer
-        buffer += _TRACE_RECORD.pack(_DELIVERED, time_s, dst, src, seq, copy, size_bytes)
-        if size_bytes <= _TRACE_JOIN_BYTES_MAX:
-            buffer += data
-            if len(buffer) >= _TRACE_BUFFER_BYTES:
-                self._trace_flush()
-        else:
-            self._trace_flush()
-            self._trace.update(data)
+        self._trace_add(
+            _TRACE_RECORD.pack(_DELIVERED, time_s, dst, src, seq, copy, size_bytes), data
+        )
         handler = handlers[dst]
         assert handler is not None  # run() checked every live node has one
         handler(src, data)
