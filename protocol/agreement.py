@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from protocol.aggregate import Aggregator
-from protocol.broadcast import BroadcastInstance, BroadcastParams
+from protocol.broadcast import BroadcastInstance, BroadcastParams, Ignored
 from protocol.codec import CodecError, decode_array, decode_report, encode_array, encode_report
 from protocol.crypto import SignatureScheme
 from protocol.messages import Echo, Fetch, FetchReply, InstanceId, Kind, Message, Ready, Send, Tag
@@ -58,6 +58,8 @@ class AgreementParams:
     dtype: np.dtype[np.floating]
     aggregator: Aggregator
     vector_filter: VectorFilter | None = None
+    #: the core's counters of dropped duplicates and stale replies (one per core)
+    ignored: Ignored | None = None
 
     @property
     def report_quorum(self) -> int:
@@ -145,6 +147,52 @@ class AveragingAgreement:
         for state in self._rounds:
             state.held.clear()
 
+    def restore(self, message: Send | Ready) -> None:
+        """Put back what this node persisted before a restart: a SEND it accepted (its
+        own or one it echoed) or a READY it sent (see :mod:`protocol.broadcast`)."""
+        instance = self._instance(message.iid)
+        if isinstance(message, Send):
+            instance.restore_send(message.payload, message.signature)
+        else:
+            instance.restore_ready(message.digest)
+
+    def replay(self) -> list[Message]:
+        """Our own SEND, ECHO and READY messages of this agreement, as sent."""
+        return [m for _, instance in sorted(self._instances.items()) for m in instance.replay()]
+
+    def forget_peer(self, peer: int) -> None:
+        for instance in self._instances.values():
+            instance.forget_peer(peer)
+
+    def waiting_for(self) -> str:
+        """What the current round still lacks, in words (for a node's stall warning)."""
+        round_ = self.current_round
+        if round_ is None:
+            return "not started (computing our own vector)"
+        if round_ >= self.rounds:
+            return "decided"
+        state = self._rounds[round_]
+        n = self._params.broadcast.n
+        held = sorted(state.held)
+        missing = [i for i in range(n) if i not in state.held and i not in state.invalid]
+        covered = sorted(j for j, report in state.reports.items() if report <= state.held.keys())
+        uncovered = {
+            j: sorted(report - state.held.keys())
+            for j, report in sorted(state.reports.items())
+            if not report <= state.held.keys()
+        }
+        quorum = self._params.witness_quorum
+        lacks = "; ".join(
+            f"REPORT of {j} lists {', '.join(map(str, origins))} not held"
+            for j, origins in uncovered.items()
+        )
+        return (
+            f"round {round_}: {len(held)} of {self._params.report_quorum} vectors "
+            f"(held from {_ids(held)}; missing from {_ids(missing)}), "
+            f"{len(covered)} of {quorum} witnesses ({_ids(covered)})"
+            + (f"; {lacks}" if lacks else "")
+        )
+
     def equivocations(self) -> list[BroadcastInstance]:
         return [i for _, i in sorted(self._instances.items()) if i.equivocation is not None]
 
@@ -165,8 +213,11 @@ class AveragingAgreement:
     def _instance(self, iid: InstanceId) -> BroadcastInstance:
         instance = self._instances.get(iid)
         if instance is None:
-            bytes_max = self._params.payload_bytes_max(iid.tag.kind)
-            instance = BroadcastInstance(iid, self._params.broadcast, self._scheme, bytes_max)
+            params = self._params
+            bytes_max = params.payload_bytes_max(iid.tag.kind)
+            instance = BroadcastInstance(
+                iid, params.broadcast, self._scheme, bytes_max, params.ignored
+            )
             self._instances[iid] = instance
         return instance
 
@@ -175,11 +226,19 @@ class AveragingAgreement:
 
     def _enter_round(self, round_: int, vector: np.ndarray) -> Step:
         self.current_round = round_
-        if self._params.vector_filter is not None:
-            vector = self._params.vector_filter(self.step, self.phase, round_, vector)
         me = self._params.broadcast.me
         instance = self._instance(InstanceId(me, self._tag(round_, Kind.VECTOR)))
-        step = instance.send(encode_array(vector))
+        if instance.payload is not None:
+            # We signed this round's vector before a restart: that one, not a new one.
+            restored, why = self._validate_vector(instance.payload)
+            if restored is None:
+                raise RuntimeError(f"our own restored vector is unusable: {why}")
+            vector = restored
+            step = instance.send(b"")
+        else:
+            if self._params.vector_filter is not None:
+                vector = self._params.vector_filter(self.step, self.phase, round_, vector)
+            step = instance.send(encode_array(vector))
         step.outputs.insert(0, RoundStarted(self.step, self.phase, round_, vector))
         return step
 
@@ -191,7 +250,7 @@ class AveragingAgreement:
         """
         if not raw.outputs:
             return raw  # nothing delivered, so no round can have completed
-        step = Step(raw.messages, [], raw.faults)
+        step = Step(raw.messages, [], raw.faults, raw.durable)
         work = list(raw.outputs)
         while True:
             while work:
@@ -209,6 +268,7 @@ class AveragingAgreement:
     def _absorb(sub: Step, into: Step) -> list[Output]:
         into.messages += sub.messages
         into.faults += sub.faults
+        into.durable += sub.durable
         return sub.outputs
 
     def _on_delivered(self, delivered: Delivered) -> Step:
@@ -288,3 +348,7 @@ class AveragingAgreement:
             )
         if not np.isfinite(vector).all():
             raise ValueError("our own vector has NaN or infinite values")
+
+
+def _ids(nodes: list[int]) -> str:
+    return ", ".join(map(str, nodes)) if nodes else "none"

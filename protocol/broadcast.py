@@ -15,6 +15,15 @@ ECHO/READY carry the 32-byte digest only, so a node sends about (n-1)*|payload| 
 broadcast instead of Bracha's n*(n-1)*|payload|. Anything a peer does wrong becomes a
 :class:`~protocol.step.Fault` in the returned step; nothing here raises because of a peer.
 State per instance is bounded: one payload, one echo and one ready per node.
+
+Crash-recovery (DESIGN 3). Every SEND this node accepts (its own included) and every
+READY it sends goes into ``Step.durable``: the node persists them before anything of that
+step leaves it. After a restart :meth:`BroadcastInstance.restore_send` and
+:meth:`~BroadcastInstance.restore_ready` put them back, so the node echoes only the digest
+it echoed before, votes READY only as before, and :meth:`~BroadcastInstance.send` resends
+its own signed payload instead of signing anew. An identical copy of a message already
+counted is dropped and counted in :class:`Ignored`, never a fault: restarted and
+catching-up peers send them.
 """
 
 from __future__ import annotations
@@ -22,8 +31,21 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from protocol.crypto import EquivocationProof, SignatureScheme, digest
-from protocol.messages import Echo, Fetch, FetchReply, InstanceId, Ready, Send
+from protocol.messages import Echo, Fetch, FetchReply, InstanceId, Message, Ready, Send
 from protocol.step import Delivered, FaultKind, Step
+
+
+class Ignored:
+    """What instances drop without blaming anyone, by sender (see
+    :class:`~protocol.step.FaultKind` for why these are not faults). One per core."""
+
+    __slots__ = ("duplicates", "stale_replies")
+
+    def __init__(self, n: int) -> None:
+        #: identical copies of a SEND, ECHO, READY or FETCH already handled
+        self.duplicates = [0] * n
+        #: fetch replies we were not (or no longer) waiting for
+        self.stale_replies = [0] * n
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +83,7 @@ class BroadcastInstance:
         "_fetch_answered",
         "_fetch_asked",
         "_fetch_served",
+        "_ignored",
         "_params",
         "_payload_bytes_max",
         "_readies",
@@ -81,8 +104,10 @@ class BroadcastInstance:
         params: BroadcastParams,
         scheme: SignatureScheme,
         payload_bytes_max: int,
+        ignored: Ignored | None = None,
     ) -> None:
         self.iid = iid
+        self._ignored = ignored or Ignored(params.n)
         self._params = params
         self._scheme = scheme
         self._payload_bytes_max = payload_bytes_max
@@ -124,8 +149,17 @@ class BroadcastInstance:
     # ------------------------------------------------------------------ origin side
 
     def send(self, payload: bytes) -> Step:
-        """Start this instance as its origin: sign and SEND to everyone."""
+        """Start this instance as its origin: sign and SEND to everyone.
+
+        If this node signed a payload for this instance before a restart (restored), that
+        one goes out again, byte for byte, and ``payload`` is ignored: an honest origin
+        never signs two payloads for one instance."""
         step = Step()
+        if self._send_digest is not None:
+            assert self.payload is not None, "our own restored SEND keeps its payload"
+            step.broadcast(Send(self.iid, self.payload, self._send_signature))
+            step.broadcast(Echo(self.iid, self._send_digest, self._send_signature))
+            return step
         payload_digest = digest(payload)
         signature = self._scheme.sign(self._params.session, self.iid, payload_digest)
         step.broadcast(Send(self.iid, payload, signature))
@@ -149,14 +183,14 @@ class BroadcastInstance:
             )
             return step
         payload_digest = digest(msg.payload)
+        if payload_digest == self._send_digest:
+            self._ignored.duplicates[sender] += 1  # verified when first accepted
+            return step
         if not self._scheme.verify(self._params.session, iid, payload_digest, msg.signature):
             step.fault(sender, FaultKind.BAD_SIGNATURE, "SEND signature does not verify", iid)
             return step
         if self._send_digest is not None:
-            if payload_digest == self._send_digest:
-                step.fault(sender, FaultKind.DUPLICATE, "SEND received twice", iid)
-            else:
-                self._record_equivocation(step, payload_digest, msg.signature)
+            self._record_equivocation(step, payload_digest, msg.signature)
             return step
         self._accept_send(msg.payload, payload_digest, msg.signature, step)
         return step
@@ -170,8 +204,12 @@ class BroadcastInstance:
         step = Step()
         previous = self._readies[sender]
         if previous is not None:
-            kind = FaultKind.DUPLICATE if previous == msg.digest else FaultKind.CONFLICTING_READY
-            step.fault(sender, kind, "second READY for one instance", self.iid)
+            if previous == msg.digest:
+                self._ignored.duplicates[sender] += 1
+            else:
+                step.fault(
+                    sender, FaultKind.CONFLICTING_READY, "second READY for one instance", self.iid
+                )
             return step
         self._count_ready(sender, msg.digest, step)
         return step
@@ -179,8 +217,12 @@ class BroadcastInstance:
     def _echo(self, sender: int, echo_digest: bytes, origin_signature: bytes, step: Step) -> None:
         previous = self._echoes[sender]
         if previous is not None:
-            kind = FaultKind.DUPLICATE if previous == echo_digest else FaultKind.CONFLICTING_ECHO
-            step.fault(sender, kind, "second ECHO for one instance", self.iid)
+            if previous == echo_digest:
+                self._ignored.duplicates[sender] += 1
+            else:
+                step.fault(
+                    sender, FaultKind.CONFLICTING_ECHO, "second ECHO for one instance", self.iid
+                )
             return
         conflicts = self._send_digest is not None and echo_digest != self._send_digest
         if conflicts and self._scheme.enabled:
@@ -209,7 +251,7 @@ class BroadcastInstance:
     def handle_fetch(self, sender: int, msg: Fetch) -> Step:
         step = Step()
         if sender in self._fetch_served:
-            step.fault(sender, FaultKind.DUPLICATE, "FETCH asked twice", self.iid)
+            self._ignored.duplicates[sender] += 1  # served once per incarnation of the asker
         elif self._send_digest != msg.digest or self._echoes[self._params.me] is None:
             step.fault(sender, FaultKind.BAD_FETCH, "FETCH for a digest we never echoed", self.iid)
         elif self.payload is not None:
@@ -221,7 +263,9 @@ class BroadcastInstance:
     def handle_fetch_reply(self, sender: int, msg: FetchReply) -> Step:
         step = Step()
         if sender not in self._fetch_asked or sender in self._fetch_answered:
-            step.fault(sender, FaultKind.UNSOLICITED, "FETCH reply we did not ask for", self.iid)
+            # Not a fault: the ask may come from our previous incarnation. Ignored before
+            # hashing, so an unasked payload costs us nothing.
+            self._ignored.stale_replies[sender] += 1
             return step
         self._fetch_answered.add(sender)  # one reply per ask: a liar cannot make us rehash
         if self.payload is not None:
@@ -232,6 +276,54 @@ class BroadcastInstance:
             self.payload = msg.payload
             step.outputs.append(Delivered(self.iid, msg.payload))
         return step
+
+    # ------------------------------------------------------------------ crash-recovery
+
+    def restore_send(self, payload: bytes | memoryview, signature: bytes) -> None:
+        """Before a restart this node accepted (and echoed) this SEND: hold it again.
+
+        No messages and no outputs: :meth:`replay` resends what we had sent, and delivery
+        happens again as READYs arrive."""
+        if self._send_digest is not None:
+            return
+        payload_digest = digest(payload)
+        self._send_digest = payload_digest
+        self._send_signature = signature
+        self.payload = payload
+        me = self._params.me
+        self._echoes[me] = payload_digest
+        self._echo_signatures.setdefault(payload_digest, (me, signature))
+        self._echo_counts[payload_digest] = self._echo_counts.get(payload_digest, 0) + 1
+
+    def restore_ready(self, ready_digest: bytes) -> None:
+        """Before a restart this node sent READY for ``ready_digest``: it is its vote still."""
+        me = self._params.me
+        if self._readies[me] is None:
+            self._readies[me] = ready_digest
+            self._ready_counts[ready_digest] = self._ready_counts.get(ready_digest, 0) + 1
+
+    def replay(self) -> list[Message]:
+        """Our own messages of this instance, exactly as sent: for a peer that lost them
+        (it restarted) or dropped them (it was too far behind)."""
+        me = self._params.me
+        messages: list[Message] = []
+        if self.iid.origin == me and self._send_digest is not None and self.payload is not None:
+            messages.append(Send(self.iid, self.payload, self._send_signature))
+        echoed = self._echoes[me]
+        if echoed is not None:
+            messages.append(Echo(self.iid, echoed, self._send_signature))
+        ready = self._readies[me]
+        if ready is not None:
+            messages.append(Ready(self.iid, ready))
+        return messages
+
+    def forget_peer(self, peer: int) -> None:
+        """``peer`` restarted: its fetches start afresh, and so do ours to it (an ask its
+        previous incarnation never answered may be repeated)."""
+        self._fetch_served.discard(peer)
+        self._fetch_answered.discard(peer)
+        if peer in self._fetch_asked:
+            self._fetch_asked.remove(peer)
 
     def tick(self) -> Step:
         """Ask the next echoer for a payload we delivered without holding."""
@@ -246,6 +338,7 @@ class BroadcastInstance:
     ) -> None:
         self._send_digest = payload_digest
         self._send_signature = signature
+        step.durable.append(Send(self.iid, payload, signature))
         if self.delivered_digest is None or self.delivered_digest == payload_digest:
             self.payload = payload
         if self._scheme.enabled:
@@ -270,7 +363,9 @@ class BroadcastInstance:
     def _send_ready(self, ready_digest: bytes, step: Step) -> None:
         if self.sent_ready:
             return
-        step.broadcast(Ready(self.iid, ready_digest))
+        ready = Ready(self.iid, ready_digest)
+        step.durable.append(ready)
+        step.broadcast(ready)
         self._count_ready(self._params.me, ready_digest, step)
 
     def _count_ready(self, sender: int, ready_digest: bytes, step: Step) -> None:

@@ -9,6 +9,7 @@ Wire format (msgpack, no extension types, nothing pickled)::
     READY    = type 3, digest: bin(32)
     FETCH    = type 4, digest: bin(32)
     REPLY    = type 5
+    control  = msgpack [type, step]: CATCHUP = type 6, FINISHED = type 7 (no payload)
 
     array    = u16 LE header length | msgpack [dtype str, [dims]] | raw little-endian data
     frame    = u32 LE length | body
@@ -31,14 +32,17 @@ import numpy as np
 from protocol.messages import (
     DIGEST_BYTES,
     SIGNATURE_BYTES,
+    Catchup,
+    Control,
     Echo,
     Fetch,
     FetchReply,
+    Finished,
     InstanceId,
-    Message,
     Ready,
     Send,
     Tag,
+    WireMessage,
 )
 
 #: Refuse larger frames before allocating anything for them (DESIGN 4.4).
@@ -49,7 +53,7 @@ FIELD_VALUE_MAX: Final = 2**31 - 1
 ARRAY_DTYPES: Final = frozenset({"<f4", "<f8"})
 ARRAY_DIMS_MAX: Final = 8
 
-_SEND, _ECHO, _READY, _FETCH, _REPLY = 1, 2, 3, 4, 5
+_SEND, _ECHO, _READY, _FETCH, _REPLY, _CATCHUP, _FINISHED = 1, 2, 3, 4, 5, 6, 7
 _FIELDS = {_SEND: 1, _ECHO: 2, _READY: 1, _FETCH: 1, _REPLY: 0}
 _TYPE_CODES: dict[type, int] = {
     Send: _SEND,
@@ -57,6 +61,8 @@ _TYPE_CODES: dict[type, int] = {
     Ready: _READY,
     Fetch: _FETCH,
     FetchReply: _REPLY,
+    Catchup: _CATCHUP,
+    Finished: _FINISHED,
 }
 _MESSAGE_HEADER_LEN = struct.Struct("<H")
 _MESSAGE_HEADER_BYTES_MAX = 256
@@ -71,8 +77,10 @@ class CodecError(ValueError):
 # --------------------------------------------------------------------------- messages
 
 
-def encode(message: Message) -> bytes:
+def encode(message: WireMessage) -> bytes:
     """Encode one message; the payload is copied once, into the result."""
+    if isinstance(message, Catchup | Finished):
+        return _encode_control(message)
     iid = message.iid
     head: list[Any] = [0, iid.origin, iid.tag.step, iid.tag.phase, iid.tag.round, iid.tag.kind]
     payload: bytes | memoryview = b""
@@ -97,7 +105,7 @@ def encode(message: Message) -> bytes:
     return b"".join((_MESSAGE_HEADER_LEN.pack(len(header)), header, payload))
 
 
-def decode(data: bytes | memoryview, payload_bytes_max: int | None = None) -> Message:
+def decode(data: bytes | memoryview, payload_bytes_max: int | None = None) -> WireMessage:
     """Decode one message, or raise :class:`CodecError` saying what is wrong with it.
 
     A payload comes back as a ``memoryview`` into ``data``: no copy, and many receivers
@@ -127,6 +135,8 @@ def decode(data: bytes | memoryview, payload_bytes_max: int | None = None) -> Me
     except Exception as exc:  # msgpack raises a zoo of types; all mean "malformed"
         raise CodecError(f"message header is not msgpack: {type(exc).__name__}") from None
     if not isinstance(obj, list) or len(obj) < 6:
+        if isinstance(obj, list) and len(obj) == 2:
+            return _decode_control(obj, len(view) - end)
         raise CodecError("message must be an array [type, origin, step, phase, round, kind, ...]")
     mtype = obj[0]
     if type(mtype) is not int or mtype not in _FIELDS:
@@ -162,6 +172,26 @@ def decode(data: bytes | memoryview, payload_bytes_max: int | None = None) -> Me
     return Fetch(iid, _digest(obj[6]))
 
 
+def _encode_control(message: Control) -> bytes:
+    if isinstance(message, Catchup):
+        head = [_CATCHUP, message.step]
+    else:
+        head = [_FINISHED, message.steps]
+    header: bytes = msgpack.packb(head, use_bin_type=True)
+    return _MESSAGE_HEADER_LEN.pack(len(header)) + header
+
+
+def _decode_control(obj: list[Any], payload_bytes: int) -> Control:
+    mtype, step = obj
+    if type(mtype) is not int or mtype not in (_CATCHUP, _FINISHED):
+        raise CodecError(f"unknown control message type {mtype!r}")
+    if type(step) is not int or not 0 <= step <= FIELD_VALUE_MAX:
+        raise CodecError(f"step must be an integer in [0, {FIELD_VALUE_MAX}], got {step!r}")
+    if payload_bytes:
+        raise CodecError(f"control message carries no payload, got {payload_bytes} bytes")
+    return Catchup(step) if mtype == _CATCHUP else Finished(step)
+
+
 class SharedDecoder:
     """:func:`decode` with a fixed payload limit, memoized over the byte strings it has seen.
 
@@ -189,9 +219,9 @@ class SharedDecoder:
         self.bytes_max = bytes_max
         self.hits = 0
         self.misses = 0
-        self._memo: dict[bytes, Message | str] = {}
+        self._memo: dict[bytes, WireMessage | str] = {}
 
-    def __call__(self, data: bytes | memoryview) -> Message:
+    def __call__(self, data: bytes | memoryview) -> WireMessage:
         if type(data) is not bytes or len(data) > self.bytes_max:
             return decode(data, self.payload_bytes_max)
         memo = self._memo
@@ -214,16 +244,27 @@ class SharedDecoder:
 
 _HEADER_NAMES = ("origin", "step", "phase", "round", "kind")
 _new_tuple = tuple.__new__
-_TYPE_NAMES = {_SEND: "send", _ECHO: "echo", _READY: "ready", _FETCH: "fetch", _REPLY: "reply"}
+_TYPE_NAMES = {
+    _SEND: "send",
+    _ECHO: "echo",
+    _READY: "ready",
+    _FETCH: "fetch",
+    _REPLY: "reply",
+    _CATCHUP: "catchup",
+    _FINISHED: "finished",
+}
 
 
 def peek(data: bytes | memoryview) -> tuple[str, tuple[int, ...]]:
     """(kind, tag) of encoded message bytes, cheaply, for metrics and schedulers:
-    ("send", (origin, step, phase, round, kind)), or ("garbage", ()) if it does not decode."""
+    ("send", (origin, step, phase, round, kind)), ("catchup", ()) or ("finished", ()) for
+    a control message (it belongs to no instance), or ("garbage", ()) if it does not decode."""
     try:
         message = decode(data)
     except CodecError:
         return "garbage", ()
+    if isinstance(message, Catchup | Finished):
+        return _TYPE_NAMES[_TYPE_CODES[type(message)]], ()
     iid = message.iid
     return _TYPE_NAMES[_TYPE_CODES[type(message)]], (
         iid.origin,

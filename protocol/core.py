@@ -7,6 +7,28 @@ messages to agreement instances (created on first sight, so that early messages 
 faster peers are kept), and retires instances that fall behind the window, freeing
 their payloads. Memory per peer is therefore bounded by
 ``(steps_ahead_max + steps_retained + 1) x phases x rounds_max x 2 x payload_bytes_max``.
+
+Crash-recovery and catching up (DESIGN 3). The invariant: *once every honest node runs
+again and links are up, the session makes progress*, for any pattern of crashes of
+honest nodes, up to all n at once. Why it holds:
+
+* Nothing an honest node promised is lost. What it signs, echoes and votes is persisted
+  before it is sent (``Step.durable``) and put back by :meth:`NodeCore.restore`, so a
+  restarted node resends the same bytes, never contradicts itself, and still holds the
+  payloads it echoed (others may fetch them from it).
+* Everything still relevant reaches a node that lost it. A restarted node asks every
+  peer with :class:`~protocol.messages.Catchup` and each answers with its own messages
+  for every live instance from that step on (:meth:`NodeCore.replay`); it also resends
+  its own restored messages to everyone. Links only resend what was not acknowledged, so
+  this is what replaces what died with the process that acknowledged it.
+* No node waits on a step nobody serves. Peers keep ``steps_retained`` steps behind their
+  own; a node that sees f+1 peers (so at least one honest) beyond that
+  (:meth:`NodeCore.catchup_target`) cannot gather n-f participants where it is, and jumps
+  to the step they vouch for, asking for a replay there; a restarted node resumes at the
+  step it had signed up to, not at its older checkpoint.
+* Nothing honest is called a fault: copies of messages already held, messages beyond
+  the window and fetch replies for a previous incarnation are dropped and counted
+  (:class:`CoreStatistics`), not charged.
 """
 
 from __future__ import annotations
@@ -14,7 +36,7 @@ from __future__ import annotations
 import functools
 import math
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -27,14 +49,27 @@ from protocol.agreement import (
     AveragingAgreement,
     VectorFilter,
 )
-from protocol.broadcast import BroadcastParams
+from protocol.broadcast import BroadcastParams, Ignored
 from protocol.codec import CodecError, decode
 from protocol.crypto import SESSION_ID_BYTES, SignatureScheme
-from protocol.messages import Kind, Message, Phase
-from protocol.step import UNKNOWN_NODE, FaultKind, Step
+from protocol.messages import (
+    Catchup,
+    Control,
+    Finished,
+    Kind,
+    Message,
+    Phase,
+    Ready,
+    Send,
+    WireMessage,
+)
+from protocol.step import UNKNOWN_NODE, FaultKind, Outgoing, PeerFinished, Step
 
 #: the broadcast kinds an agreement runs (a set of plain ints: enum lookups are slow)
 _KINDS = frozenset({int(Kind.VECTOR), int(Kind.REPORT)})
+#: a peer gets another replay for the same step only after this many of our ticks (a
+#: replay costs up to a window of our payloads: a liar must not make us resend at will)
+CATCHUP_TICKS_MIN = 20
 
 
 class GradientSchedule(StrEnum):
@@ -82,6 +117,8 @@ class ProtocolConfig:
     schedule: RoundSchedule = field(default_factory=RoundSchedule)
     steps_ahead_max: int = 4  # accept messages up to this many steps ahead of ours
     steps_retained: int = 2  # keep serving instances this many steps behind ours
+    #: the run's number of steps, if known: a message for a later step is a fault
+    steps_total: int | None = None
 
     def __post_init__(self) -> None:
         needed = min_nodes(self.aggregator, self.f)  # raises for unknown names, f < 0
@@ -100,6 +137,8 @@ class ProtocolConfig:
             raise ValueError(f"dtype must be <f4 or <f8, got {self.dtype}")
         if self.steps_ahead_max < 0 or self.steps_retained < 0:
             raise ValueError("window sizes must be non-negative")
+        if self.steps_total is not None and self.steps_total < 1:
+            raise ValueError(f"steps_total must be positive, got {self.steps_total}")
 
     @property
     def payload_bytes_max(self) -> int:
@@ -115,6 +154,12 @@ class CoreStatistics:
     messages_handled: int
     faults: Mapping[str, Mapping[int, int]]
     highest_step_seen: Mapping[int, int]
+    #: dropped, not faults (see :class:`~protocol.step.FaultKind`), by sender
+    far_ahead: Mapping[int, int]
+    duplicates: Mapping[int, int]
+    stale_replies: Mapping[int, int]
+    #: catch-up replays we sent, by peer
+    replays_sent: Mapping[int, int]
 
 
 class NodeCore:
@@ -129,19 +174,21 @@ class NodeCore:
         config: ProtocolConfig,
         scheme: SignatureScheme,
         vector_filter: VectorFilter | None = None,
-        decoder: Callable[[bytes | memoryview], Message] | None = None,
+        decoder: Callable[[bytes | memoryview], WireMessage] | None = None,
     ) -> None:
         """``decoder`` replaces :func:`~protocol.codec.decode` (with this core's payload
         limit); the simulator passes one :class:`~protocol.codec.SharedDecoder` to all its
         cores. It must raise :class:`~protocol.codec.CodecError` for bad bytes."""
         self.config = config
         self._scheme = scheme
+        self._ignored = Ignored(config.n)
         self._params = AgreementParams(
             BroadcastParams(config.n, config.f, config.me, config.session),
             config.dim,
             np.dtype(config.dtype),
             get_aggregator(config.aggregator),
             vector_filter,
+            self._ignored,
         )
         self._agreements: dict[tuple[int, int], AveragingAgreement] = {}
         self._step = 0
@@ -149,6 +196,15 @@ class NodeCore:
         self._handled = 0
         self._faults: Counter[tuple[str, int]] = Counter()
         self._highest_step_seen = [-1] * config.n  # -1: nothing seen yet
+        self._far_ahead = [0] * config.n
+        #: peers whose highest step seen lies beyond ours + steps_retained (kept up to
+        #: date, so that the per-message catch-up check costs one comparison)
+        self._beyond = 0
+        self._ticks = 0
+        #: per peer: (step, tick) of the last replay we sent it, None if none since it
+        #: (re)started
+        self._replayed: list[tuple[int, int] | None] = [None] * config.n
+        self._replays_sent = [0] * config.n
         self._decode = decoder or functools.partial(
             decode, payload_bytes_max=config.payload_bytes_max
         )
@@ -174,6 +230,8 @@ class NodeCore:
         if step <= self._step:
             return
         self._step = step
+        threshold = step + self.config.steps_retained
+        self._beyond = sum(1 for seen in self._highest_step_seen if seen > threshold)
         oldest_kept = step - self.config.steps_retained
         for key in sorted(self._agreements):
             if key[0] < oldest_kept:
@@ -181,6 +239,7 @@ class NodeCore:
 
     def tick(self) -> Step:
         """Retry what needs retrying (payload fetches). Call it every so often."""
+        self._ticks += 1
         step = Step()
         for key in sorted(self._agreements):
             step.extend(self._agreements[key].tick())
@@ -196,7 +255,35 @@ class NodeCore:
             step = Step()
             step.fault(self._accused(sender), FaultKind.MALFORMED, str(exc))
             return self._account(step)
+        if isinstance(message, Catchup | Finished):
+            return self.handle_control(sender, message)
         return self.handle(sender, message)
+
+    def handle_control(self, sender: int, msg: Control) -> Step:
+        """A :class:`~protocol.messages.Catchup` or :class:`~protocol.messages.Finished`."""
+        step = Step()
+        config = self.config
+        if not 0 <= sender < config.n or sender == config.me:
+            step.fault(self._accused(sender), FaultKind.UNKNOWN_SENDER, f"sender id {sender}")
+            return self._account(step)
+        if isinstance(msg, Finished):
+            if config.steps_total is not None and msg.steps > config.steps_total:
+                step.fault(
+                    sender,
+                    FaultKind.FAR_AHEAD,
+                    f"says it finished {msg.steps} steps of {config.steps_total}",
+                )
+                return self._account(step)
+            self._saw_step(sender, msg.steps - 1)
+            step.outputs.append(PeerFinished(sender, msg.steps))
+            return step
+        self._saw_step(sender, msg.step)
+        last = self._replayed[sender]
+        if last is not None and msg.step <= last[0] and self._ticks - last[1] < CATCHUP_TICKS_MIN:
+            return step  # answered lately: a repeat costs us a window of payloads
+        self._replayed[sender] = (msg.step, self._ticks)
+        self._replays_sent[sender] += 1
+        return self.replay(sender, msg.step)
 
     def handle(self, sender: int, msg: Message) -> Step:
         self._handled += 1
@@ -208,7 +295,7 @@ class NodeCore:
         iid = msg.iid
         tag = iid.tag
         if tag.step > self._highest_step_seen[sender]:
-            self._highest_step_seen[sender] = tag.step
+            self._saw_step(sender, tag.step)
         agreement = self._agreements.get((tag.step, tag.phase))
         if (
             agreement is not None
@@ -224,15 +311,19 @@ class NodeCore:
         if tag.step < self._step - config.steps_retained:
             self._stale += 1  # late, from a slow peer: not a fault, nothing left to do
             return step
-        if tag.step > self._step + config.steps_ahead_max:
+        if config.steps_total is not None and tag.step >= config.steps_total:
             step.fault(
                 sender,
                 FaultKind.FAR_AHEAD,
-                f"step {tag.step} is beyond our window (at {self._step} "
-                f"+ {config.steps_ahead_max})",
+                f"step {tag.step} does not exist: the run has {config.steps_total} steps",
                 msg.iid,
             )
             return self._account(step)
+        if tag.step > self._step + config.steps_ahead_max:
+            # We are the slow one (or the sender lies, which the f+1 rule of
+            # catchup_target absorbs): dropped, not buffered (DESIGN 4.4), not a fault.
+            self._far_ahead[sender] += 1
+            return step
         rounds = config.schedule.rounds(tag.step, tag.phase)
         if iid.origin >= config.n or tag.kind not in _KINDS:
             step.fault(sender, FaultKind.BAD_TAG, f"no such instance {msg.iid}", msg.iid)
@@ -247,6 +338,73 @@ class NodeCore:
             return self._account(step)
         agreement = self._agreement(tag.step, tag.phase, rounds)
         return self._account(agreement.handle(sender, msg))
+
+    # ------------------------------------------------------------------ crash-recovery
+
+    def restore(self, messages: Iterable[Message]) -> int:
+        """Put back what was persisted (``Step.durable``) before a restart: the SENDs this
+        node accepted and the READYs it sent. Call it once, before anything else, after
+        :meth:`advance_to` the step the node resumes at; entries outside the window are
+        skipped. Returns the highest step at which this node had signed a SEND of its own
+        (-1 if none): the node resumes there, since its peers may have moved on."""
+        config = self.config
+        oldest_kept = self._step - config.steps_retained
+        newest_kept = self._step + config.steps_ahead_max
+        own_step = -1
+        for message in messages:
+            if not isinstance(message, Send | Ready):
+                raise ValueError(f"only SENDs and READYs are persisted, got {message!r}")
+            tag = message.iid.tag
+            if isinstance(message, Send) and message.iid.origin == config.me:
+                own_step = max(own_step, tag.step)
+            rounds = config.schedule.rounds(tag.step, tag.phase)
+            if oldest_kept <= tag.step <= newest_kept and tag.round < rounds:
+                self._agreement(tag.step, tag.phase, rounds).restore(message)
+        return own_step
+
+    def replay(self, to: int, from_step: int = 0) -> Step:
+        """Our own SEND, ECHO and READY messages, as sent, for every live agreement at
+        ``from_step`` or later, addressed to ``to`` (:data:`~protocol.step.EVERYONE`
+        for all peers)."""
+        step = Step()
+        for key in sorted(self._agreements):
+            if key[0] >= from_step:
+                step.messages += [Outgoing(to, m) for m in self._agreements[key].replay()]
+        return step
+
+    def peer_restarted(self, peer: int) -> None:
+        """The transport met a new incarnation of ``peer``: what it had asked of us and
+        we of it (fetches, replays) starts afresh."""
+        if not 0 <= peer < self.config.n:
+            return
+        self._replayed[peer] = None
+        for agreement in self._agreements.values():
+            agreement.forget_peer(peer)
+
+    def catchup_target(self) -> int | None:
+        """The step to jump to, or None to stay.
+
+        At least f+1 peers (so at least one honest) have sent messages for steps beyond
+        ``steps_retained`` past ours: at least one honest node no longer serves our step,
+        so n-f participants can no longer be found here. The (f+1)-th highest step seen is
+        one an honest node has started, and keeps serving for ``steps_retained`` steps."""
+        config = self.config
+        if self._beyond <= config.f:
+            return None
+        reached = sorted(self._highest_step_seen, reverse=True)[config.f]
+        if reached <= self._step + config.steps_retained:
+            return None
+        if config.steps_total is not None:
+            reached = min(reached, config.steps_total - 1)
+        return reached if reached > self._step else None
+
+    def waiting_for(self) -> str:
+        """What this node's current step still lacks, in words (its stall warning)."""
+        for phase in (Phase.GRADIENT, Phase.MODEL):
+            agreement = self._agreements.get((self._step, phase))
+            if agreement is not None and agreement.started and not agreement.decided:
+                return f"step {self._step} {phase.name.lower()} {agreement.waiting_for()}"
+        return f"step {self._step}: no agreement under way (computing our next vector)"
 
     # ------------------------------------------------------------------ observation
 
@@ -270,9 +428,21 @@ class NodeCore:
             highest_step_seen={
                 peer: seen for peer, seen in enumerate(self._highest_step_seen) if seen >= 0
             },
+            far_ahead=_nonzero(self._far_ahead),
+            duplicates=_nonzero(self._ignored.duplicates),
+            stale_replies=_nonzero(self._ignored.stale_replies),
+            replays_sent=_nonzero(self._replays_sent),
         )
 
     # ------------------------------------------------------------------ internals
+
+    def _saw_step(self, sender: int, step: int) -> None:
+        previous = self._highest_step_seen[sender]
+        if step > previous:
+            self._highest_step_seen[sender] = step
+            threshold = self._step + self.config.steps_retained
+            if previous <= threshold < step:
+                self._beyond += 1
 
     def _accused(self, sender: int) -> int:
         return sender if 0 <= sender < self.config.n else UNKNOWN_NODE
@@ -288,3 +458,7 @@ class NodeCore:
         for fault in step.faults:
             self._faults[(fault.kind.value, fault.accused)] += 1
         return step
+
+
+def _nonzero(counts: list[int]) -> dict[int, int]:
+    return {node: count for node, count in enumerate(counts) if count}

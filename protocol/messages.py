@@ -96,3 +96,33 @@ class FetchReply:
 
 
 Message = Send | Echo | Ready | Fetch | FetchReply
+"""The messages of one reliable-broadcast instance (they all carry an :class:`InstanceId`)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Catchup:
+    """ "I am (re)joining at ``step``: send me again your own messages (SEND, ECHO, READY)
+    for the instances you still hold at ``step`` and later."
+
+    A node sends it after a restart (what it had received died with the process, and a
+    transport only resends what the peer had not acknowledged) and after a jump (what it
+    dropped as beyond its window is needed now). Answers are rate-limited per peer
+    (:class:`~protocol.core.NodeCore`), so a liar gains at most a bounded replay.
+    """
+
+    step: int
+
+
+@dataclass(frozen=True, slots=True)
+class Finished:
+    """The sender has run all ``steps`` of its learning steps; it keeps serving its peers
+    until every peer has said the same (or a timeout), so slow honest nodes still finish."""
+
+    steps: int
+
+
+Control = Catchup | Finished
+"""Messages between nodes that belong to no broadcast instance."""
+
+WireMessage = Message | Control
+"""Everything :mod:`protocol.codec` decodes."""

@@ -3,6 +3,13 @@
 This is hbbft's ``Step``: cores never perform effects and never raise because of a peer.
 Misbehaviour is returned as a :class:`Fault` naming the accused node, with evidence where
 a third party can check it.
+
+``Step.durable`` is etcd raft's ``Ready`` contract ("persist before you promise"): the
+messages listed there must be on stable storage before any of ``Step.messages`` leaves
+the node. They are every SEND the node accepts (its own, and the ones it echoes: an ECHO
+promises to serve that payload) and every READY it sends. A node that crashes and
+restarts feeds them back (:meth:`protocol.core.NodeCore.restore`), so it never signs a
+second payload for one instance and never votes two ways, however often it restarts.
 """
 
 from __future__ import annotations
@@ -13,7 +20,7 @@ from enum import StrEnum
 import numpy as np
 
 from protocol.crypto import EquivocationProof
-from protocol.messages import InstanceId, Message
+from protocol.messages import InstanceId, Message, WireMessage
 
 #: ``Outgoing.to`` value meaning "every other node".
 EVERYONE = -1
@@ -22,19 +29,27 @@ UNKNOWN_NODE = -1
 
 
 class FaultKind(StrEnum):
+    """What a peer did that no honest node ever does, crashes and restarts included.
+
+    Not faults, because honest nodes do them: an identical copy of a message already
+    handled (a restarted node resends what it signed; a peer answers a catch-up request
+    with what we may already hold), a message for a step beyond our window (we are the
+    slow one, and it tells us how far the others are), a fetch reply we no longer wait
+    for (asked by a previous incarnation of ours). Those are dropped and counted in
+    :class:`~protocol.core.CoreStatistics`, never charged to the sender.
+    """
+
     MALFORMED = "malformed"  # bytes that do not decode
     UNKNOWN_SENDER = "unknown_sender"  # sender id outside the roster
     NOT_ORIGIN = "not_origin"  # a SEND from someone other than the instance's origin
     BAD_SIGNATURE = "bad_signature"  # origin signature does not verify
     EQUIVOCATION = "equivocation"  # origin signed two digests for one instance (with proof)
-    DUPLICATE = "duplicate"  # the same SEND/ECHO/READY/FETCH twice
     CONFLICTING_ECHO = "conflicting_echo"  # two different ECHOs for one instance
     CONFLICTING_READY = "conflicting_ready"  # two different READYs for one instance
     OVERSIZE = "oversize"  # payload larger than the instance allows
     BAD_TAG = "bad_tag"  # phase/round/kind that cannot exist
-    FAR_AHEAD = "far_ahead"  # a step beyond the acceptance window (DESIGN 4.4)
+    FAR_AHEAD = "far_ahead"  # a step past the run's last step (no honest node reaches it)
     BAD_FETCH = "bad_fetch"  # asks for a payload we never echoed
-    UNSOLICITED = "unsolicited"  # a fetch reply we did not ask that node for
     FETCH_MISMATCH = "fetch_mismatch"  # a fetch reply whose digest is not the delivered one
     BAD_VECTOR = "bad_vector"  # delivered vector: undecodable, wrong dtype/length, NaN/Inf
     BAD_REPORT = "bad_report"  # delivered REPORT: undecodable or fewer than n-f origins
@@ -54,7 +69,7 @@ class Outgoing:
     """Send ``message`` to node ``to``, or to every other node when ``to == EVERYONE``."""
 
     to: int
-    message: Message
+    message: WireMessage
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,7 +99,16 @@ class Decided:
     vector: np.ndarray
 
 
-Output = Delivered | RoundStarted | Decided
+@dataclass(frozen=True, slots=True)
+class PeerFinished:
+    """Node ``peer`` says it has run all its ``steps`` steps
+    (a :class:`~protocol.messages.Finished` message)."""
+
+    peer: int
+    steps: int
+
+
+Output = Delivered | RoundStarted | Decided | PeerFinished
 
 
 @dataclass(slots=True, init=False)
@@ -94,23 +118,27 @@ class Step:
     messages: list[Outgoing]
     outputs: list[Output]
     faults: list[Fault]
+    #: to be persisted before any of ``messages`` is sent (see the module docstring)
+    durable: list[Message]
 
     def __init__(
         self,
         messages: list[Outgoing] | None = None,
         outputs: list[Output] | None = None,
         faults: list[Fault] | None = None,
+        durable: list[Message] | None = None,
     ) -> None:
         # Written out: one Step per message handled, and dataclass default factories
         # cost twice as much.
         self.messages = [] if messages is None else messages
         self.outputs = [] if outputs is None else outputs
         self.faults = [] if faults is None else faults
+        self.durable = [] if durable is None else durable
 
-    def send(self, to: int, message: Message) -> None:
+    def send(self, to: int, message: WireMessage) -> None:
         self.messages.append(Outgoing(to, message))
 
-    def broadcast(self, message: Message) -> None:
+    def broadcast(self, message: WireMessage) -> None:
         self.messages.append(Outgoing(EVERYONE, message))
 
     def fault(
@@ -127,6 +155,7 @@ class Step:
         self.messages += other.messages
         self.outputs += other.outputs
         self.faults += other.faults
+        self.durable += other.durable
 
     def __bool__(self) -> bool:
         return bool(self.messages or self.outputs or self.faults)

@@ -216,6 +216,7 @@ def strategy_cluster(
     dim: int = 4,
     schedule: RoundSchedule | None = None,
     crypto: bool = True,
+    steps_total: int | None = None,
 ) -> Cluster:
     """A cluster whose Byzantine nodes are wired as the simulator wires them: the vector
     filter inside the core, and an omniscient view of the honest vectors of each round
@@ -252,6 +253,7 @@ def strategy_cluster(
         crypto=crypto,
         schedule=schedule,
         core_factory=core_factory,
+        steps_total=steps_total,
     )
     clusters.append(cluster)
     return cluster

@@ -18,14 +18,31 @@ from dataclasses import dataclass, field
 import nacl.signing
 import numpy as np
 
-from protocol.codec import encode, peek
+from protocol.codec import decode, encode, peek
 from protocol.core import NodeCore, ProtocolConfig, RoundSchedule
 from protocol.crypto import Ed25519Scheme, SignatureScheme, UnsignedScheme
-from protocol.messages import Echo, Fetch, FetchReply, Message, Ready, Send
+from protocol.messages import (
+    Catchup,
+    Echo,
+    Fetch,
+    FetchReply,
+    Finished,
+    Message,
+    Ready,
+    Send,
+)
 from protocol.step import EVERYONE, Decided, Fault, RoundStarted, Step
 
 SESSION = b"\x11" * 32
-_KIND_NAMES = {Send: "send", Echo: "echo", Ready: "ready", Fetch: "fetch", FetchReply: "reply"}
+_KIND_NAMES = {
+    Send: "send",
+    Echo: "echo",
+    Ready: "ready",
+    Fetch: "fetch",
+    FetchReply: "reply",
+    Catchup: "catchup",
+    Finished: "finished",
+}
 
 
 def node_seed(i: int) -> bytes:
@@ -64,6 +81,10 @@ class Adversary:
     def __len__(self) -> int:
         return len(self._pool)
 
+    def drop(self, lost: Callable[[InFlight], bool]) -> None:
+        """Forget the in-flight messages ``lost`` picks (they died with a process)."""
+        self._pool = [item for item in self._pool if not lost(item)]
+
 
 class RandomDelays(Adversary):
     """Each message gets an exponential per-link delay; delivery in arrival-time order."""
@@ -84,6 +105,10 @@ class RandomDelays(Adversary):
 
     def __len__(self) -> int:
         return len(self._heap)
+
+    def drop(self, lost: Callable[[InFlight], bool]) -> None:
+        self._heap = [entry for entry in self._heap if not lost(entry[2])]
+        heapq.heapify(self._heap)
 
 
 class Deferring(Adversary):
@@ -116,6 +141,10 @@ class Deferring(Adversary):
     def __len__(self) -> int:
         return super().__len__() + len(self._late)
 
+    def drop(self, lost: Callable[[InFlight], bool]) -> None:
+        super().drop(lost)
+        self._late = [item for item in self._late if not lost(item)]
+
 
 class Behaviour:
     """How a node treats its outgoing messages. Honest by default: sends them unchanged."""
@@ -141,8 +170,17 @@ class ClusterNode:
     faults: list[Fault] = field(default_factory=list)
     decided: dict[tuple[int, int], np.ndarray] = field(default_factory=dict)
     rounds: dict[tuple[int, int], list[np.ndarray]] = field(default_factory=dict)
+    #: what the core marked durable, encoded: this node's journal (survives restarts)
+    journal: list[bytes] = field(default_factory=list)
+    #: every SEND of its own this node ever sent, by instance, across incarnations
+    signed: dict[object, set[bytes]] = field(default_factory=dict)
 
     def absorb(self, step: Step) -> None:
+        self.journal += [encode(message) for message in step.durable]
+        for outgoing in step.messages:
+            message = outgoing.message
+            if isinstance(message, Send) and message.iid.origin == self.me:
+                self.signed.setdefault(message.iid, set()).add(bytes(message.payload))
         self.faults += step.faults
         for output in step.outputs:
             if isinstance(output, Decided):
@@ -165,8 +203,10 @@ class Cluster:
         schedule: RoundSchedule | None = None,
         dtype: str = "<f4",
         core_factory: Callable[[ProtocolConfig, SignatureScheme], NodeCore] = NodeCore,
+        steps_total: int | None = None,
     ) -> None:
         self.n, self.f = n, f
+        self._core_factory = core_factory
         self.adversary = adversary if adversary is not None else Adversary(0)
         self.byzantine = dict(sorted((behaviours or {}).items()))
         keys = public_keys(n)
@@ -181,6 +221,7 @@ class Cluster:
                 dtype=dtype,
                 aggregator=aggregator,
                 schedule=schedule or RoundSchedule(),
+                steps_total=steps_total,
             )
             scheme: SignatureScheme = (
                 Ed25519Scheme(node_seed(i), keys) if crypto else UnsignedScheme()
@@ -218,6 +259,31 @@ class Cluster:
             if not len(self.adversary):
                 return
 
+    def restart(self, i: int, checkpoint_step: int = 0) -> int:
+        """Crash node ``i`` (what was in flight to it is lost) and start a fresh core from
+        its journal, as a restarted ``jungle node`` does: it resumes at the step it had
+        signed up to (or its checkpoint's, if later), resends its restored messages to
+        everyone and asks everyone to catch it up. Its peers' transports notice the new
+        incarnation. Returns the step it resumes at; proposing there is the caller's."""
+        node = self.nodes[i]
+        self.adversary.drop(lambda item: item.dst == i)
+        persisted = [decode(data) for data in node.journal]
+        own = [m.iid.tag.step for m in persisted if isinstance(m, Send) and m.iid.origin == i]
+        resume = max([checkpoint_step, *own])
+        core = self._core_factory(node.core.config, node.scheme)
+        core.advance_to(resume)
+        core.restore([m for m in persisted if isinstance(m, Send | Ready)])
+        node.core = core
+        node.decided.clear()
+        node.rounds.clear()
+        for other in self.nodes:
+            if other.me != i:
+                other.core.peer_restarted(i)
+        step = core.replay(EVERYONE)
+        step.broadcast(Catchup(resume))
+        self._emit(i, step)
+        return resume
+
     # ------------------------------------------------------------------ observation
 
     def honest_faults(self) -> list[Fault]:
@@ -243,10 +309,14 @@ class Cluster:
             targets = (
                 [d for d in range(self.n) if d != src] if outgoing.to == EVERYONE else [outgoing.to]
             )
-            encoded = encode(outgoing.message)  # once per broadcast, shared by all links
-            kind = _KIND_NAMES[type(outgoing.message)]
+            message = outgoing.message
+            encoded = encode(message)  # once per broadcast, shared by all links
+            kind = _KIND_NAMES[type(message)]
             for dst in targets:
-                for data in behaviour.outgoing(dst, outgoing.message, encoded):
+                if isinstance(message, Catchup | Finished):
+                    self._push(src, dst, encoded, kind)
+                    continue
+                for data in behaviour.outgoing(dst, message, encoded):
                     self._push(src, dst, data, kind if data is encoded else None)
 
     def _push(self, src: int, dst: int, data: bytes, kind: str | None = None) -> None:

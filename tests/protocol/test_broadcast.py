@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from protocol.broadcast import BroadcastInstance, BroadcastParams
+from protocol.broadcast import BroadcastInstance, BroadcastParams, Ignored
 from protocol.crypto import Ed25519Scheme, EquivocationProof, digest
 from protocol.messages import Echo, Fetch, FetchReply, InstanceId, Ready, Send, Tag
 from protocol.step import Delivered, FaultKind, Step
@@ -19,8 +19,11 @@ def scheme(i: int) -> Ed25519Scheme:
     return Ed25519Scheme(node_seed(i), KEYS)
 
 
-def instance(me: int = 0, bytes_max: int = 1000) -> BroadcastInstance:
-    return BroadcastInstance(IID, BroadcastParams(N, F, me, SESSION), scheme(me), bytes_max)
+def instance(
+    me: int = 0, bytes_max: int = 1000, ignored: Ignored | None = None
+) -> BroadcastInstance:
+    params = BroadcastParams(N, F, me, SESSION)
+    return BroadcastInstance(IID, params, scheme(me), bytes_max, ignored)
 
 
 def signed_send(payload: bytes) -> Send:
@@ -69,7 +72,8 @@ def test_ready_amplification_without_echoes() -> None:
 
 
 def test_fetch_from_echoers_one_at_a_time() -> None:
-    rb = instance(me=0)
+    ignored = Ignored(N)
+    rb = instance(me=0, ignored=ignored)
     payload = b"the payload"
     send = signed_send(payload)
     h = digest(payload)
@@ -81,13 +85,26 @@ def test_fetch_from_echoers_one_at_a_time() -> None:
     assert [o.to for o in rb.tick().messages] == [1]  # origin 3 did not echo; next after us is 1
     assert [o.to for o in rb.tick().messages] == [2]
     assert not rb.tick().messages  # nobody else echoed h
-    # a wrong reply is the replier's fault; an unasked one is unsolicited
+    # a wrong reply is the replier's fault; an unasked one is dropped (it may answer an
+    # ask of our previous incarnation), counted, and never hashed or delivered
     assert kinds(rb.handle_fetch_reply(1, FetchReply(IID, b"other"))) == [FaultKind.FETCH_MISMATCH]
-    assert kinds(rb.handle_fetch_reply(3, FetchReply(IID, payload))) == [FaultKind.UNSOLICITED]
+    assert not rb.handle_fetch_reply(3, FetchReply(IID, payload)) and not rb.delivered
+    assert ignored.stale_replies == [0, 0, 0, 1]
     step = rb.handle_fetch_reply(2, FetchReply(IID, payload))
     assert step.outputs == [Delivered(IID, payload)] and not step.faults
-    # one reply per ask: a second one, even correct, is unsolicited
-    assert kinds(rb.handle_fetch_reply(1, FetchReply(IID, payload))) == [FaultKind.UNSOLICITED]
+    # one reply per ask: a second one, even correct, is dropped too
+    assert not rb.handle_fetch_reply(1, FetchReply(IID, payload))
+    assert ignored.stale_replies == [0, 1, 0, 1]
+
+
+def test_a_restarted_peer_may_fetch_again_and_be_asked_again() -> None:
+    rb = instance()
+    rb.handle_send(3, signed_send(b"p"))
+    h = digest(b"p")
+    assert rb.handle_fetch(1, Fetch(IID, h)).messages
+    assert not rb.handle_fetch(1, Fetch(IID, h)).messages  # served once per incarnation
+    rb.forget_peer(1)
+    assert [type(o.message) for o in rb.handle_fetch(1, Fetch(IID, h)).messages] == [FetchReply]
 
 
 def test_fetch_is_served_once_and_only_for_what_we_echoed() -> None:
@@ -97,7 +114,7 @@ def test_fetch_is_served_once_and_only_for_what_we_echoed() -> None:
     h = digest(b"p")
     reply = rb.handle_fetch(1, Fetch(IID, h))
     assert [(o.to, type(o.message)) for o in reply.messages] == [(1, FetchReply)]
-    assert kinds(rb.handle_fetch(1, Fetch(IID, h))) == [FaultKind.DUPLICATE]
+    assert not rb.handle_fetch(1, Fetch(IID, h))  # once: a second ask gets nothing
     assert kinds(rb.handle_fetch(2, Fetch(IID, b"\0" * 32))) == [FaultKind.BAD_FETCH]
 
 
@@ -116,18 +133,23 @@ def test_bad_sends(sender: int, message: Send, expected: FaultKind) -> None:
     assert rb.payload is None
 
 
-def test_duplicates_and_conflicts_are_faults_not_exceptions() -> None:
-    rb = instance()
+def test_copies_are_counted_once_and_conflicts_are_faults_not_exceptions() -> None:
+    ignored = Ignored(N)
+    rb = instance(ignored=ignored)
     send = signed_send(b"p")
     rb.handle_send(3, send)
     h = digest(b"p")
-    assert kinds(rb.handle_send(3, send)) == [FaultKind.DUPLICATE]
+    # identical copies (a restarted or catching-up peer resends them) change nothing
+    assert not rb.handle_send(3, send)
     rb.handle_echo(1, Echo(IID, h, send.signature))
-    assert kinds(rb.handle_echo(1, Echo(IID, h, send.signature))) == [FaultKind.DUPLICATE]
+    assert not rb.handle_echo(1, Echo(IID, h, send.signature))
     assert kinds(rb.handle_echo(1, Echo(IID, b"\1" * 32, b""))) == [FaultKind.CONFLICTING_ECHO]
     rb.handle_ready(2, Ready(IID, h))
-    assert kinds(rb.handle_ready(2, Ready(IID, h))) == [FaultKind.DUPLICATE]
+    assert not rb.handle_ready(2, Ready(IID, h))
     assert kinds(rb.handle_ready(2, Ready(IID, b"\1" * 32))) == [FaultKind.CONFLICTING_READY]
+    assert ignored.duplicates == [0, 1, 1, 1]
+    # counted once: one more READY (ours, amplified at f+1) is still needed to deliver
+    assert rb.delivered_digest is None
 
 
 def test_equivocation_proof_from_a_second_send_and_from_an_echo() -> None:
@@ -173,3 +195,41 @@ def test_tampered_proof_does_not_verify() -> None:
     assert not other_session.verify(KEYS[3])
     same = EquivocationProof(SESSION, IID, digest(b"A"), a.signature, digest(b"A"), a.signature)
     assert not same.verify(KEYS[3])
+
+
+def test_what_is_accepted_or_voted_is_marked_durable_and_restores_exactly() -> None:
+    rb = instance()
+    send = signed_send(b"p")
+    h = digest(b"p")
+    step = rb.handle_send(3, send)
+    assert step.durable == [Send(IID, send.payload, send.signature)]
+    rb.handle_echo(1, Echo(IID, h, send.signature))
+    step = rb.handle_echo(2, Echo(IID, h, send.signature))
+    assert step.durable == [Ready(IID, h)]
+
+    # the same node after a restart, from what it persisted
+    restored = instance()
+    restored.restore_send(send.payload, send.signature)
+    restored.restore_ready(h)
+    assert restored.replay() == [Echo(IID, h, send.signature), Ready(IID, h)]
+    assert restored.payload == b"p"  # it can serve fetches for what it echoed
+    # a conflicting SEND now is the origin's equivocation, never a second echo of ours
+    other = signed_send(b"q")
+    step = restored.handle_send(3, other)
+    assert kinds(step) == [FaultKind.EQUIVOCATION] and not step.messages
+    # the READYs of two peers complete delivery of the payload held since before
+    restored.handle_ready(1, Ready(IID, h))
+    assert restored.handle_ready(2, Ready(IID, h)).outputs == [Delivered(IID, b"p")]
+
+
+def test_a_restored_origin_resends_its_signed_payload_and_never_signs_another() -> None:
+    iid = InstanceId(0, Tag(0, 0, 0, 0))
+    params = BroadcastParams(N, F, 0, SESSION)
+    first = BroadcastInstance(iid, params, scheme(0), 1000)
+    step = first.send(b"before the crash")
+    (send,) = [o.message for o in step.messages if isinstance(o.message, Send)]
+    again = BroadcastInstance(iid, params, scheme(0), 1000)
+    again.restore_send(send.payload, send.signature)
+    step = again.send(b"computed again after the restart")
+    sends = [o.message for o in step.messages if isinstance(o.message, Send)]
+    assert sends == [send] and not step.durable  # persisted already

@@ -18,6 +18,8 @@ from tests.byzantine import strategy_cluster
 from tests.cluster import SESSION, Cluster, RandomDelays, node_seed, public_keys
 
 N, F, ME, DIM = 7, 2, 6, 4
+#: the run length attacked clusters announce: a message for a later step is a fault
+STEPS_TOTAL = 100
 GRADIENT, MODEL = 0, 1
 
 
@@ -69,7 +71,8 @@ def out(strategy: Strategy, dst: int, message: Message) -> list[bytes]:
 
 def attacked(n: int, f: int, spec: Any, seed: int, rounds: int = 2) -> Cluster:
     """Honest nodes with random vectors, f seeded Byzantine ids running ``spec``, random
-    delivery delays, ``rounds`` agreement rounds: run to quiescence."""
+    delivery delays, ``rounds`` agreement rounds, a run of :data:`STEPS_TOTAL` steps: run
+    to quiescence."""
     byzantine = sorted(random.Random(seed).sample(range(n), f))
     cluster = strategy_cluster(
         n,
@@ -78,6 +81,7 @@ def attacked(n: int, f: int, spec: Any, seed: int, rounds: int = 2) -> Cluster:
         seed=seed,
         adversary=RandomDelays(seed),
         schedule=RoundSchedule(GradientSchedule.CONSTANT, gradient_rounds=rounds),
+        steps_total=STEPS_TOTAL,
     )
     rng = np.random.default_rng(seed)
     cluster.propose(0, 0, {i: rng.standard_normal(4).astype(np.float32) for i in range(n)})

@@ -215,7 +215,7 @@ PROTOCOL_CASES: dict[str, tuple[Any, set[FaultKind] | None]] = {
     "replay": ({"name": "replay", "rate": 1.0}, {FaultKind.NOT_ORIGIN}),
     "bad_signature": ("bad_signature", {FaultKind.BAD_SIGNATURE}),
     "garbage": ("garbage", {FaultKind.MALFORMED}),
-    "duplicate": ("duplicate", {FaultKind.DUPLICATE}),
+    "duplicate": ("duplicate", None),  # copies change nothing (test below); not a fault
     "wrong_length": ("wrong_length", {FaultKind.BAD_VECTOR}),
     "nan_inf": ("nan_inf", {FaultKind.BAD_VECTOR}),
     "equivocate+ipm": (["equivocate", "ipm"], {FaultKind.EQUIVOCATION}),
@@ -242,6 +242,19 @@ def test_honest_nodes_decide_and_accuse_only_attackers(case: str, n: int, f: int
         for fault in cluster.honest_faults():
             if fault.evidence is not None:
                 assert fault.evidence.verify(public_keys(n)[fault.accused]), where
+
+
+@pytest.mark.parametrize(("n", "f"), SYSTEMS)
+def test_copies_of_every_message_are_counted_once_and_nobody_is_accused(n: int, f: int) -> None:
+    """Honest nodes send copies too (after a restart, or answering a catch-up), so a copy
+    is never a fault; it must never count as a second vote either: the honest nodes
+    still decide values inside the honest range."""
+    for seed in SEEDS:
+        cluster = attacked(n, f, "duplicate", seed)
+        for i in cluster.honest:
+            stats = cluster.nodes[i].core.statistics()
+            assert not stats.faults, (stats.faults, seed)
+            assert set(stats.duplicates) == set(cluster.byzantine), (stats.duplicates, seed)
 
 
 def test_crash_at_a_later_step_takes_part_until_then() -> None:
