@@ -5,8 +5,13 @@ authenticated TCP transport, builds the protocol core (ed25519 signatures, alway
 real nodes) and drives the shared :class:`~node.runner.Runner`, the one place effects
 happen. :class:`NodeApp` is the runner's observer: it turns outputs, faults and finished
 steps into the metrics file, the log, the progress line and the checkpoints. After the
-last step the node lingers, still serving peers so slower ones can finish, then writes a
-summary record and returns its exit status.
+last step the node keeps serving its peers until every one has finished (or ``linger_s``),
+then writes a summary record and returns its exit status.
+
+A node that makes no progress (no new round, no new step) for ``stall_warning_s`` logs
+what it waits for (which step, phase and round, which vectors and witnesses it lacks,
+which peers are down), and repeats it; after ``stall_timeout_s`` it exits with
+:data:`EXIT_STALLED` and a summary saying why.
 
 SIGINT and SIGTERM stop the node cleanly (summary written, exit 130 / 143). No checkpoint
 is taken then: mid-step the trainer holds a gradient that was never applied, and the last
@@ -42,9 +47,14 @@ log = logging.getLogger("jungle.node")
 #: exit statuses of ``jungle node``
 EXIT_DONE: Final = 0
 EXIT_FAILED: Final = 1
+EXIT_STALLED: Final = 3
 EXIT_ON_SIGNAL: Final = {signal.SIGINT: 130, signal.SIGTERM: 143}
 #: how often the progress line refreshes between steps (peers come and go)
 PROGRESS_REFRESH_S: Final = 1.0
+#: how often the stall watch looks at the runner (at most)
+STALL_POLL_S: Final = 1.0
+#: at exit, how long queued messages (our last ones, Finished) get to reach the peers
+FLUSH_AT_EXIT_S: Final = 2.0
 
 
 def run(prepared: PreparedNode, progress_stream: IO[str] | None = None) -> int:
@@ -97,6 +107,13 @@ class NodeApp:
             scheme,
             vector_filter=None if strategy is None else strategy.vector,
         )
+        core.advance_to(prepared.start_step)
+        core.restore(prepared.restored)
+        try:
+            self._open_state()
+        except OSError as error:
+            log.error("cannot write this node's state in %s: %s", prepared.journal.folder, error)
+            return EXIT_FAILED
         if strategy is not None:
             from sim.strategies import StrategyContext, strategy_rng
 
@@ -116,12 +133,27 @@ class NodeApp:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._watch_signals, signals)
-                async with open_tcp_transport(prepared.transport_config, listeners=listeners) as tr:
+                async with open_tcp_transport(
+                    prepared.transport_config,
+                    listeners=listeners,
+                    on_peer_restart=self._on_peer_restart,
+                ) as tr:
                     self._transport = tr
                     await self._run_learning(core, tr)
+                    with trio.move_on_after(FLUSH_AT_EXIT_S):
+                        await tr.wait_flushed()
                 nursery.cancel_scope.cancel()
+        prepared.journal.close()
         self._write_summary()
         return self._status
+
+    def _open_state(self) -> None:
+        """The journal's folder, and on a fresh start a checkpoint at step 0: from now on
+        this node's state exists, so a later start can never mistake it for a fresh one."""
+        prepared = self._prepared
+        prepared.journal.open()
+        if prepared.checkpoint_step is None:
+            self._save_checkpoint(prepared.start_step)
 
     async def _listen(self) -> list[trio.SocketListener] | None:
         """Bind first, so a busy port is one clear line rather than a traceback."""
@@ -145,6 +177,8 @@ class NodeApp:
             start_step=prepared.start_step,
             eval_every=node.eval_every,
             clock=time.time,
+            journal=prepared.journal,
+            rejoin=bool(prepared.restored),
             hooks=RunnerHooks(
                 on_output=self._on_output,
                 on_fault=self._on_fault,
@@ -173,6 +207,7 @@ class NodeApp:
         async with trio.open_nursery() as nursery:
             if self._progress is not None:
                 nursery.start_soon(self._refresh_progress)
+            nursery.start_soon(self._watch_stalls)
             with self._run_scope:
                 await self._wait_for_peers(transport)
                 await runner.run(self._receive, node.tick_interval_s, node.linger_s)
@@ -227,6 +262,55 @@ class NodeApp:
             self._status = EXIT_ON_SIGNAL.get(signal.Signals(signum), EXIT_FAILED)
             self._run_scope.cancel()
             return
+
+    async def _watch_stalls(self) -> None:
+        """Warn, then give up, when the runner stops making progress (module docstring)."""
+        node = self._config.node
+        poll_s = min(STALL_POLL_S, node.stall_warning_s / 4)
+        marker: tuple[int, int] | None = None
+        since_s = next_warning_s = trio.current_time()
+        while True:
+            await trio.sleep(poll_s)
+            now_s = trio.current_time()
+            runner = self._runner
+            if runner is None or not runner.started or runner.done:
+                marker = None  # waiting for peers at start, or serving after the end
+                continue
+            stats = runner.statistics()
+            current = (stats.step, stats.rounds_started)
+            if current != marker:
+                marker, since_s = current, now_s
+                next_warning_s = now_s + node.stall_warning_s
+                continue
+            stalled_s = now_s - since_s
+            if node.stall_timeout_s and stalled_s >= node.stall_timeout_s:
+                what = self._waiting_for()
+                log.error("giving up: no progress for %.0f s; %s", stalled_s, what)
+                self._outcome = f"stalled: no progress for {stalled_s:.0f} s; {what}"
+                self._status = EXIT_STALLED
+                self._run_scope.cancel()
+                return
+            if now_s >= next_warning_s:
+                log.warning("no progress for %.0f s; %s", stalled_s, self._waiting_for())
+                next_warning_s = now_s + node.stall_warning_s
+
+    def _waiting_for(self) -> str:
+        """What the node waits for, in one line: the quorum it lacks and who is down."""
+        runner, transport = self._runner, self._transport
+        assert runner is not None and transport is not None
+        peers = [peer for peer in range(self._prepared.roster.n) if peer != self._me]
+        connected = transport.peers_connected()
+        down = [peer for peer in peers if peer not in connected]
+        seen = runner.core.statistics().highest_step_seen
+        steps = ", ".join(f"{peer}: {seen.get(peer, '-')}" for peer in peers)
+        return (
+            f"waiting at {runner.core.waiting_for()}; links down to "
+            f"{', '.join(map(str, down)) or 'none'}; peers last heard at steps {{{steps}}}"
+        )
+
+    def _on_peer_restart(self, peer: int) -> None:
+        if self._runner is not None:
+            self._runner.peer_restarted(peer)
 
     async def _refresh_progress(self) -> None:
         while True:
@@ -310,8 +394,6 @@ class NodeApp:
 
     def _save_checkpoint(self, next_step: int) -> None:
         store = self._prepared.checkpoints
-        if store is None:
-            return
         prepared = self._prepared
         checkpoint = Checkpoint(
             step=next_step,
@@ -370,6 +452,13 @@ class NodeApp:
                 faults=dict(stats.faults_by_kind),
                 faults_by_accused={str(k): v for k, v in stats.faults_by_accused.items()},
                 jumps=stats.jumps,
+                peers_finished=sorted(stats.peers_finished),
+            )
+            core = runner.core.statistics()
+            fields.update(
+                duplicates_dropped=peer_keyed_counts(core.duplicates),
+                far_ahead_dropped=peer_keyed_counts(core.far_ahead),
+                replays_sent=peer_keyed_counts(core.replays_sent),
             )
         if transport is not None:
             tstats = transport.statistics()
@@ -379,10 +468,15 @@ class NodeApp:
                 messages_dropped=tstats.messages_dropped,
                 transport_faults=peer_keyed(tstats.faults),
             )
-        if self._prepared.checkpoints is not None:
-            fields["checkpoints_written"] = self._prepared.checkpoints.statistics().saves
+        fields["checkpoints_written"] = self._prepared.checkpoints.statistics().saves
+        journal = self._prepared.journal.statistics()
+        fields.update(journal_records=journal.records_appended, journal_syncs=journal.syncs)
         fields["elapsed_s"] = round(time.monotonic() - self._started_s, 6)
         self._metrics.write("summary", **fields)
+
+
+def peer_keyed_counts(counts: Mapping[int, int]) -> dict[str, int]:
+    return {str(peer): count for peer, count in sorted(counts.items())}
 
 
 def _number(value: float | None) -> str:

@@ -32,6 +32,7 @@ from node.roster import (
     RosterError,
     dump_roster,
     load_roster,
+    new_nonce,
     parse_address,
 )
 
@@ -139,7 +140,9 @@ def _parser() -> argparse.ArgumentParser:
         "roster",
         help="assemble a roster TOML from public keys and addresses",
         description="Write a roster: every node's id, public key and address. Give each node "
-        "as ID=PUBKEY@HOST:PORT (ids 0..n-1), or as KEYFILE@HOST:PORT (ids in order).",
+        "as ID=PUBKEY@HOST:PORT (ids 0..n-1), or as KEYFILE@HOST:PORT (ids in order). Each "
+        "roster gets a fresh random nonce, so every run is its own session: make a new "
+        "roster for every new run.",
         epilog="examples:\n"
         "  jungle roster --session run-1 --node 0=BASE64KEY@10.0.0.5:7400 \\\n"
         "      --node 1=BASE64KEY@10.0.0.6:7400 ... --out roster.toml\n"
@@ -217,7 +220,7 @@ def _roster(options: argparse.Namespace) -> int:
     if problems:
         return _fail(*problems)
     try:
-        roster = Roster(options.session, tuple(sorted(entries, key=lambda e: e.id)))
+        roster = Roster(options.session, tuple(sorted(entries, key=lambda e: e.id)), new_nonce())
     except RosterError as error:
         return _fail(*error.problems)
     text = dump_roster(roster)

@@ -38,6 +38,8 @@ if TYPE_CHECKING:
     from node.trainer import TrainerConfig
 
 LOG_LEVELS: Final = ("DEBUG", "INFO", "WARNING", "ERROR")
+#: where a node keeps its checkpoint and journal unless told otherwise (next to its config)
+DEFAULT_CHECKPOINT_DIR: Final = "checkpoints"
 #: the value of ``[protocol] gradient_rounds`` that selects ceil(log2(t + 1)) rounds at step t
 GRADIENT_ROUNDS_LOG2: Final = "log2"
 
@@ -64,7 +66,10 @@ class NodeSettings:
     steps: int = 100
     #: evaluate on the test set every this many steps (and after the last)
     eval_every: int = 10
-    #: None: no checkpoints (a restarted node starts from step 0)
+    #: this node's state: its checkpoint (``node-<id>.pt``) and its journal of what it
+    #: signed and voted (``node-<id>.journal/``); None: ``checkpoints`` next to the config
+    #: file (or in the working directory without one). A node always keeps one: a restart
+    #: without it could sign a second payload for an instance.
     checkpoint_dir: Path | None = None
     checkpoint_every: int = 10
     #: None: no metrics file
@@ -73,10 +78,15 @@ class NodeSettings:
     #: before the first step, wait up to this long for every peer to be reachable, so that
     #: nodes started by hand on several machines begin together (0: start at once)
     wait_for_peers_s: float = 30.0
-    #: after the last step, keep serving peers this long so slower nodes can finish too
-    linger_s: float = 10.0
+    #: after the last step, keep serving peers until every one has finished, or this long
+    linger_s: float = 120.0
     #: how often the protocol retries payload fetches
     tick_interval_s: float = 0.5
+    #: no progress (no new round or step) for this long: log what the node waits for, and
+    #: again every as long
+    stall_warning_s: float = 60.0
+    #: no progress for this long: exit with status 3 and a summary saying why (0: never)
+    stall_timeout_s: float = 1800.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -274,6 +284,9 @@ def load_config(
                 )
     if problems:
         raise ConfigError(problems)
+    if values["node"].get("checkpoint_dir") is None:
+        folder = cwd if source is None else source.parent
+        values["node"]["checkpoint_dir"] = folder / DEFAULT_CHECKPOINT_DIR
     sections = {name: cls(**values[name]) for name, cls in _SECTIONS.items()}
     config = NodeConfig(source=source, **sections)
     problems.extend(_check(config))
@@ -341,9 +354,9 @@ def _check(config: NodeConfig) -> list[str]:
         problems.append(f"[node] id must be a roster id (0, 1, ...), got {node.id}")
     if node.f < 0:
         problems.append(f"[node] f must be non-negative, got {node.f}")
-    for name in ("steps", "eval_every", "checkpoint_every", "tick_interval_s"):
+    for name in ("steps", "eval_every", "checkpoint_every", "tick_interval_s", "stall_warning_s"):
         positive("node", name, getattr(node, name))
-    for name in ("linger_s", "wait_for_peers_s"):
+    for name in ("linger_s", "wait_for_peers_s", "stall_timeout_s"):
         if getattr(node, name) < 0:
             problems.append(f"[node] {name} must be non-negative, got {getattr(node, name)}")
     if node.log_level.upper() not in LOG_LEVELS:

@@ -18,7 +18,6 @@ connections at once).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import trio
@@ -58,10 +57,8 @@ class InboundLinks:
         faults: FaultLog,
         counters: TrafficCounters,
         queue: InboundQueue,
-        on_peer_restart: Callable[[int], None],
     ) -> None:
         self._context = context
-        self._on_peer_restart = on_peer_restart
         self._config = context.config
         self._faults = faults
         self._counters = counters
@@ -150,12 +147,12 @@ class InboundLinks:
                 state.active = None
 
     def _resume(self, state: _PeerInbound, secrets: handshake.LinkSecrets) -> None:
+        self._context.peers.observe(secrets.peer, secrets.peer_incarnation, dialed=False)
         if state.incarnation == secrets.peer_incarnation:
             state.delivered_seq = max(state.delivered_seq, secrets.seq_base)
             return
         if state.incarnation is not None:
             log.info("node %d: peer %d restarted; its sequence restarts", self._me, secrets.peer)
-            self._on_peer_restart(secrets.peer)
         state.incarnation = secrets.peer_incarnation
         state.delivered_seq = secrets.seq_base
 

@@ -50,3 +50,16 @@ class Transport(Protocol):
         ...
 
     def statistics(self) -> TransportStatistics: ...
+
+
+class Journal(Protocol):
+    """Stable storage for what the protocol marks durable (``node/journal.py``).
+
+    ``append`` is called on the event loop, ``sync`` from a worker thread; the runner
+    sends nothing of a step before the ``sync`` that follows its appends returns."""
+
+    def append(self, step: int, data: bytes) -> None: ...
+
+    def sync(self) -> None: ...
+
+    def prune_below(self, step: int) -> None: ...

@@ -52,9 +52,11 @@ class KeyFilePermissionsError(KeyFileError):
 def generate_key(path: str | os.PathLike[str]) -> str:
     """Create a fresh ed25519 key at ``path`` (mode 0600) and return its base64 public key.
 
-    Raises :class:`KeyFileExists` if anything already exists at ``path``.
+    Missing parent folders are created with mode 0700 (``~/.jungle/node.key`` on a fresh
+    machine). Raises :class:`KeyFileExists` if anything already exists at ``path``.
     """
-    path = Path(path)
+    path = Path(path).expanduser()
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     key = nacl.signing.SigningKey.generate()
     line = base64.b64encode(bytes(key)) + b"\n"
     try:

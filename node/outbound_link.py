@@ -152,6 +152,7 @@ class OutboundLink:
                 )
                 secrets = await handshake.dial(stream.socket, reader, dialer)
                 authenticated = True
+                self._context.peers.observe(self.peer, secrets.peer_incarnation, dialed=True)
                 reader.frame_bytes_max = _ACK_FRAME_BYTES
                 verifier = FrameVerifier(secrets.receive_key)
                 # The acceptor's first ACK says how far it got: resend only the rest.

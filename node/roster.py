@@ -2,12 +2,15 @@
 
 The roster is the membership (DESIGN 3): no joining mid-run, no Sybils. Its digest is the
 *session id*, bound into every signature and every transport handshake, so nothing signed
-for one session or one roster is accepted by another: changing the label, any key or any
-address yields a different session id.
+for one session or one roster is accepted by another: changing the label, the nonce, any
+key or any address yields a different session id. ``jungle roster`` draws a fresh random
+128-bit nonce each time, so every run gets its own session even with the very same nodes:
+nothing signed in an earlier run can be replayed into it.
 
 TOML format::
 
-    session = "my-run-1"          # a label; changing it gives a new session id
+    session = "my-run-1"          # a label
+    nonce = "9f86d081884c7d659a2feaa0c55ad015"   # 128 random bits, hex: one per run
     [[node]]
     id = 0
     public_key = "base64 ed25519 public key"
@@ -32,7 +35,8 @@ import nacl.signing
 from node.keys import PUBLIC_KEY_BYTES, decode_public_key, public_key_b64
 
 SESSION_ID_BYTES: Final = 32
-_SESSION_ID_DOMAIN: Final = "jungle/roster/v1"
+NONCE_BYTES: Final = 16
+_SESSION_ID_DOMAIN: Final = "jungle/roster/v2"
 _NODE_FIELDS: Final = frozenset({"id", "public_key", "address"})
 _HOSTNAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?$")
 
@@ -64,14 +68,19 @@ class Roster:
 
     session_name: str
     nodes: tuple[RosterEntry, ...]
+    #: the run's random nonce (:data:`NONCE_BYTES`); part of the session id
+    nonce: bytes = b""
     _session_id: bytes = field(init=False, repr=False, compare=False)
     _id_by_key: Mapping[bytes, int] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         problems = _roster_problems(self.session_name, self.nodes)
+        if self.nonce and len(self.nonce) != NONCE_BYTES:
+            problems.append(f"the nonce must have {NONCE_BYTES} bytes, got {len(self.nonce)}")
         if problems:
             raise RosterError(problems)
-        object.__setattr__(self, "_session_id", _session_id(self.session_name, self.nodes))
+        session_id = _session_id(self.session_name, self.nonce, self.nodes)
+        object.__setattr__(self, "_session_id", session_id)
         object.__setattr__(self, "_id_by_key", {node.public_key: node.id for node in self.nodes})
 
     @property
@@ -80,7 +89,8 @@ class Roster:
 
     @property
     def session_id(self) -> bytes:
-        """blake3 of a canonical msgpack encoding of (label, sorted (id, key, address))."""
+        """blake3 of a canonical msgpack encoding of (label, nonce, sorted (id, key,
+        address))."""
         return self._session_id
 
     @property
@@ -132,8 +142,22 @@ def parse_roster(text: str, source: str = "<roster>") -> Roster:
     if not isinstance(session, str):
         problems.append(f'{source}: missing `session = "label"` (a string)')
         session = ""
-    for key in sorted(set(document) - {"session", "node"}):
+    for key in sorted(set(document) - {"session", "nonce", "node"}):
         problems.append(f"{source}: unknown top-level key {key!r}")
+    nonce = b""
+    nonce_text = document.get("nonce")
+    if nonce_text is None:
+        problems.append(
+            f"{source}: no `nonce`: make the roster with `jungle roster`, which draws a fresh "
+            f"one for every run (a session reused across runs lets old messages be replayed)"
+        )
+    else:
+        try:
+            nonce = bytes.fromhex(nonce_text) if isinstance(nonce_text, str) else b""
+        except ValueError:
+            nonce = b""
+        if len(nonce) != NONCE_BYTES:
+            problems.append(f"{source}: `nonce` must be {2 * NONCE_BYTES} hex digits")
     raw_nodes = document.get("node", [])
     if not isinstance(raw_nodes, list) or not raw_nodes:
         problems.append(f"{source}: no [[node]] entries")
@@ -149,7 +173,7 @@ def parse_roster(text: str, source: str = "<roster>") -> Roster:
     structural = _roster_problems(session, tuple(entries))
     if structural:
         raise RosterError(f"{source}: {problem}" for problem in structural)
-    return Roster(session, tuple(entries))
+    return Roster(session, tuple(entries), nonce)
 
 
 def load_roster(path: str | os.PathLike[str]) -> Roster:
@@ -168,6 +192,7 @@ def dump_roster(roster: Roster) -> str:
     lines = [
         f"# jungle roster: {roster.n} nodes, session id {roster.session_id.hex()}",
         f"session = {_toml_string(roster.session_name)}",
+        f'nonce = "{roster.nonce.hex()}"   # drawn by jungle roster: a new one for every run',
     ]
     for node in roster.nodes:
         lines += [
@@ -180,8 +205,16 @@ def dump_roster(roster: Roster) -> str:
     return "\n".join(lines) + "\n"
 
 
-def assemble_roster(session: str, entries: Iterable[tuple[str, str]]) -> Roster:
-    """Build a roster from ``(base64 public key, "host:port")`` pairs; ids follow their order."""
+def new_nonce() -> bytes:
+    """A fresh run nonce (128 random bits)."""
+    return os.urandom(NONCE_BYTES)
+
+
+def assemble_roster(
+    session: str, entries: Iterable[tuple[str, str]], nonce: bytes | None = None
+) -> Roster:
+    """Build a roster from ``(base64 public key, "host:port")`` pairs; ids follow their
+    order. ``nonce``: the run's nonce (default: a fresh one)."""
     problems: list[str] = []
     nodes: list[RosterEntry] = []
     for node_id, (key_text, address) in enumerate(entries):
@@ -194,7 +227,7 @@ def assemble_roster(session: str, entries: Iterable[tuple[str, str]]) -> Roster:
         nodes.append(RosterEntry(node_id, key, host, port))
     if problems:
         raise RosterError(problems)
-    return Roster(session, tuple(nodes))
+    return Roster(session, tuple(nodes), new_nonce() if nonce is None else nonce)
 
 
 def public_key_b64_of(public_key: bytes) -> str:
@@ -264,11 +297,12 @@ def _roster_problems(session: str, nodes: tuple[RosterEntry, ...]) -> list[str]:
     return problems
 
 
-def _session_id(session: str, nodes: tuple[RosterEntry, ...]) -> bytes:
+def _session_id(session: str, nonce: bytes, nodes: tuple[RosterEntry, ...]) -> bytes:
     canonical = msgpack.packb(
         [
             _SESSION_ID_DOMAIN,
             session,
+            nonce,
             [[node.id, node.public_key, node.address] for node in sorted(nodes, key=_node_id)],
         ],
         use_bin_type=True,

@@ -10,25 +10,51 @@ Everything here is synchronous and driven by inputs (``deliver``, ``tick``), so 
 simulator can call it from its single delivery loop in virtual time, and the real node
 (:meth:`Runner.run`) from a trio receive loop. Torch stays behind the :class:`Learner`
 interface.
+
+What a real node adds in :meth:`Runner.run`:
+
+- **Persist before you promise.** With a :class:`~node.interfaces.Journal`, what a step
+  marks durable is appended to it at once, and that step's messages wait in order until
+  a flusher task has fsynced the journal (in a worker thread), then go out. Everything
+  accumulated during one fsync goes out after the next: group commit, one fsync per
+  batch rather than per message. The simulator has no journal and sends at once.
+- **Compute off the event loop.** Gradients and evaluations run in a worker thread, one
+  at a time, while the node keeps answering its peers (echoes, readies, fetches, acks).
+  A continuation runs back on the event loop; one made stale by a jump is dropped. The
+  simulator computes inline, in the same order.
+- **Finishing together.** After its last step a node tells its peers
+  (:class:`~protocol.messages.Finished`) and keeps serving them until every peer has said
+  the same, or ``linger_s`` has passed: the slowest honest nodes are not left below quorum.
+- **Catching up.** A restarted node resends what it had sent and asks its peers for a
+  replay (:class:`~protocol.messages.Catchup`); a node that finds f+1 peers beyond the
+  steps they still serve jumps to them and asks for a replay there.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections import Counter
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections import Counter, deque
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import trio
 
-from node.interfaces import Transport
+from node.interfaces import Journal, Transport
 from protocol.codec import encode
 from protocol.core import NodeCore
-from protocol.messages import Message, Phase
-from protocol.step import EVERYONE, Decided, Fault, FaultKind, Output, RoundStarted, Step
+from protocol.messages import Catchup, Finished, Message, Phase
+from protocol.step import (
+    EVERYONE,
+    Decided,
+    Fault,
+    Output,
+    PeerFinished,
+    RoundStarted,
+    Step,
+)
 
 log = logging.getLogger("jungle.runner")
 
@@ -83,6 +109,10 @@ class RunnerStatistics:
     faults_by_kind: Mapping[str, int]
     faults_by_accused: Mapping[int, int]
     jumps: int
+    #: rounds of agreement this node has entered (a progress marker)
+    rounds_started: int
+    #: peers that said they have finished all their steps
+    peers_finished: frozenset[int]
 
 
 @dataclass(slots=True)
@@ -109,7 +139,12 @@ class Runner:
         eval_every: int = 10,
         clock: Callable[[], float] = time.monotonic,
         hooks: RunnerHooks | None = None,
+        journal: Journal | None = None,
+        rejoin: bool = False,
     ) -> None:
+        """``journal``: where durable messages go before anything is sent (real nodes).
+        ``rejoin``: this node restarted; its core holds restored state, which
+        :meth:`start` resends, and it asks its peers to catch it up."""
         if steps < 1:
             raise ValueError(f"steps must be positive, got {steps}")
         if learner.dim != core.config.dim:
@@ -126,6 +161,8 @@ class Runner:
         self._clock = clock
         self._hooks = hooks or RunnerHooks()
         self._model_rounds = core.config.schedule.model_rounds
+        self._journal = journal
+        self._rejoin = rejoin
         self.step = start_step
         self.started = False
         self.stopped = False
@@ -135,38 +172,75 @@ class Runner:
         self._faults_by_accused: Counter[int] = Counter()
         self._logged: set[tuple[str, int]] = set()
         self._jumps = 0
+        self._rounds_started = 0
+        self._peers_finished: set[int] = set()
+        self._announced_finished = False
+        #: bumped by a jump: continuations of computations started before it are dropped
+        self._generation = 0
+        #: messages waiting for the journal's next sync (real nodes), in order
+        self._held: list[tuple[Sequence[int], bytes]] = []
+        self._held_added = trio.lowlevel.ParkingLot()
+        self._flushing = False
+        self._flushed = trio.lowlevel.ParkingLot()
+        #: computations waiting for the worker thread (real nodes); None: compute inline
+        self._jobs: deque[tuple[Callable[[], Any], Callable[[Any], None]]] | None = None
+        self._job_added = trio.lowlevel.ParkingLot()
 
     @property
     def done(self) -> bool:
         return self.step >= self._steps
 
+    @property
+    def all_peers_finished(self) -> bool:
+        return len(self._peers_finished) == len(self._peers)
+
     # ------------------------------------------------------------------ inputs
 
     def start(self) -> None:
-        """Propose our first gradient (or nothing, if the run is already complete)."""
+        """Propose our first gradient (or nothing, if the run is already complete).
+
+        A rejoining node first resends its restored messages to everyone and asks every
+        peer to replay theirs from our step on: links only resend what the other side had
+        not acknowledged, and what our previous incarnation acknowledged died with it."""
         if self.started:
             return
         self.started = True
+        if self._rejoin:
+            step = self.core.replay(EVERYONE)
+            step.broadcast(Catchup(self.step))
+            self._execute(step)
         if not self.done:
             self._propose_gradient()
+        else:
+            self._announce_finished()
 
     def deliver(self, src: int, data: bytes | memoryview) -> None:
         """One message from an authenticated peer; the transport or simulator calls this."""
         if self.stopped:
             return
         self._messages_in += 1
-        step = self.core.receive(src, data)
-        far_ahead = bool(step.faults) and any(
-            fault.kind == FaultKind.FAR_AHEAD for fault in step.faults
-        )
-        self._execute(step)
-        if far_ahead:
-            self._maybe_jump()
+        self._execute(self.core.receive(src, data))
+        target = self.core.catchup_target()
+        if target is not None:
+            self._jump(target)
 
     def tick(self, now_s: float | None = None) -> None:
         """Periodic: payload-fetch retries."""
         if not self.stopped:
             self._execute(self.core.tick())
+
+    def peer_restarted(self, peer: int) -> None:
+        """The transport met a new incarnation of ``peer`` (it restarted). Its replay
+        request will come; what it had asked of us starts afresh, and it learns again
+        that we are finished, if we are."""
+        if self.stopped:
+            return
+        self.core.peer_restarted(peer)
+        self._peers_finished.discard(peer)
+        if self._announced_finished:
+            step = Step()
+            step.send(peer, Finished(self._steps))
+            self._execute(step)
 
     def stop(self) -> None:
         """Stop reacting to anything (a crash, or the end of a simulation)."""
@@ -180,24 +254,64 @@ class Runner:
     ) -> None:
         """Node mode: start, then process received messages one at a time until done.
 
-        After the last step the node keeps serving peers for ``linger_s`` so that slower
-        honest nodes can still complete the last agreements with our echoes."""
+        Computations run in a worker thread and, with a journal, messages leave only once
+        what they promise is durable (see the module docstring). After the last step the
+        node keeps serving its peers until all have finished, or for ``linger_s``."""
         async with trio.open_nursery() as nursery:
+            self._jobs = deque()
+            nursery.start_soon(self._compute_loop)
+            if self._journal is not None:
+                nursery.start_soon(self._flush_loop)
             nursery.start_soon(self._tick_loop, tick_interval_s)
             self.start()
             while not self.done:
                 src, data = await receive()
                 self.deliver(src, data)
             with trio.move_on_after(linger_s):
-                while True:
+                while not self.all_peers_finished:
                     src, data = await receive()
                     self.deliver(src, data)
+            await self.wait_flushed()
             nursery.cancel_scope.cancel()
+
+    async def wait_flushed(self) -> None:
+        """Until every message handed to the runner so far has gone to the transport."""
+        while self._held or self._flushing:
+            await self._flushed.park()
 
     async def _tick_loop(self, interval_s: float) -> None:
         while True:
             await trio.sleep(interval_s)
             self.tick()
+
+    async def _compute_loop(self) -> None:
+        """Run computations one at a time in a worker thread (the learner is not
+        thread-safe, and it is touched by nothing else while one runs: a decision of the
+        current step needs our proposal, which waits for the computation)."""
+        assert self._jobs is not None
+        while True:
+            while not self._jobs:
+                await self._job_added.park()
+            work, then = self._jobs.popleft()
+            result = await trio.to_thread.run_sync(work)
+            if not self.stopped:
+                then(result)
+
+    async def _flush_loop(self) -> None:
+        """Group commit: fsync the journal, then send what was held for it, in order."""
+        assert self._journal is not None
+        while True:
+            while not self._held:
+                await self._held_added.park()
+            batch, self._held = self._held, []
+            self._flushing = True
+            try:
+                await trio.to_thread.run_sync(self._journal.sync)
+                for targets, data in batch:
+                    self._transport.send_many(targets, data)
+            finally:
+                self._flushing = False
+                self._flushed.unpark_all()
 
     # ------------------------------------------------------------------ observation
 
@@ -211,22 +325,28 @@ class Runner:
             faults_by_kind=dict(sorted(self._faults_by_kind.items())),
             faults_by_accused=dict(sorted(self._faults_by_accused.items())),
             jumps=self._jumps,
+            rounds_started=self._rounds_started,
+            peers_finished=frozenset(self._peers_finished),
         )
 
     # ------------------------------------------------------------------ effects
 
     def _execute(self, step: Step) -> None:
+        journal = self._journal
+        if journal is not None:
+            for message in step.durable:
+                journal.append(message.iid.tag.step, encode(message))
         outgoing_filter = self._hooks.outgoing_filter
         for outgoing in step.messages:
-            data = encode(outgoing.message)  # once, shared by every link
+            wire = outgoing.message
+            data = encode(wire)  # once, shared by every link
             targets = self._peers if outgoing.to == EVERYONE else (outgoing.to,)
-            if outgoing_filter is None:
-                self._messages_out += len(targets)
-                self._transport.send_many(targets, data)
+            if outgoing_filter is None or isinstance(wire, Catchup | Finished):
+                self._send(targets, data)
                 continue
             for dst in targets:
-                for rewritten in outgoing_filter(dst, outgoing.message, data):
-                    self._send(dst, rewritten)
+                for rewritten in outgoing_filter(dst, wire, data):
+                    self._send((dst,), rewritten)
         for fault in step.faults:
             self._record_fault(fault)
         for output in step.outputs:
@@ -235,6 +355,7 @@ class Runner:
             if isinstance(output, Decided):
                 self._on_decided(output)
             elif isinstance(output, RoundStarted):
+                self._rounds_started += 1
                 log.debug(
                     "node %d: step %d phase %d round %d",
                     self.me,
@@ -242,10 +363,24 @@ class Runner:
                     output.phase,
                     output.round,
                 )
+            elif isinstance(output, PeerFinished):
+                self._peers_finished.add(output.peer)
 
-    def _send(self, dst: int, data: bytes) -> None:
-        self._messages_out += 1
-        self._transport.send_nowait(dst, data)
+    def _send(self, targets: Sequence[int], data: bytes) -> None:
+        self._messages_out += len(targets)
+        if self._journal is None:
+            self._transport.send_many(targets, data)
+            return
+        self._held.append((targets, data))  # after the journal's next sync
+        self._held_added.unpark_all()
+
+    def _compute(self, work: Callable[[], Any], then: Callable[[Any], None]) -> None:
+        """``then(work())``: inline (the simulator), or with ``work`` in the worker thread."""
+        if self._jobs is None:
+            then(work())
+            return
+        self._jobs.append((work, then))
+        self._job_added.unpark_all()
 
     def _record_fault(self, fault: Fault) -> None:
         self._faults_by_kind[fault.kind.value] += 1
@@ -280,8 +415,26 @@ class Runner:
     def _finish_step(self) -> None:
         finished = self.step
         self.step += 1
+        if self._journal is not None:
+            self._journal.prune_below(self.step - self.core.config.steps_retained)
         evaluate = self.step % self._eval_every == 0 or self.done
-        test_loss, test_accuracy = self._learner.evaluate() if evaluate else (None, None)
+        generation = self._generation
+
+        def then(result: tuple[float | None, float | None]) -> None:
+            test_loss, test_accuracy = result
+            self._record_step(finished, test_loss, test_accuracy)
+            if generation != self._generation:
+                return  # we jumped while evaluating; the jump proposed already
+            if self.done:
+                self._announce_finished()
+            else:
+                self._propose_gradient()
+
+        self._compute(self._learner.evaluate if evaluate else _not_evaluated, then)
+
+    def _record_step(
+        self, finished: int, test_loss: float | None, test_accuracy: float | None
+    ) -> None:
         if self._hooks.on_step is not None:
             stats = self._transport.statistics()
             self._hooks.on_step(
@@ -299,37 +452,53 @@ class Runner:
             )
         if self._hooks.on_step_end is not None:
             self._hooks.on_step_end(self.step)
-        if not self.done:
-            self._propose_gradient()
+
+    def _announce_finished(self) -> None:
+        if self._announced_finished:
+            return
+        self._announced_finished = True
+        step = Step()
+        step.broadcast(Finished(self._steps))
+        self._execute(step)
 
     def _propose_gradient(self) -> None:
-        self._propose(Phase.GRADIENT, self._learner.gradient())
+        generation = self._generation
+
+        def then(gradient: np.ndarray) -> None:
+            if generation == self._generation and not self.done:
+                self._propose(Phase.GRADIENT, gradient)
+
+        self._compute(self._learner.gradient, then)
 
     def _propose(self, phase: Phase, vector: np.ndarray) -> None:
         vector = np.ascontiguousarray(vector, dtype=self.core.config.dtype)
         self._execute(self.core.propose(self.step, phase, vector))
 
-    def _maybe_jump(self) -> None:
-        """Catch up after a restart: if f+1 peers (so at least one honest) are past the
-        window we accept, their messages for our step are gone; join them at the step
-        after the furthest one an honest node is known to have reached."""
-        config = self.core.config
-        seen = self.core.highest_steps_seen()
-        if len(seen) <= config.f:
+    def _jump(self, target: int) -> None:
+        """Catch up: f+1 peers are beyond the steps they still serve for us, so our step
+        cannot gather n-f participants any more (:meth:`NodeCore.catchup_target`). Join
+        them at the step they vouch for, with our current model (the model agreement pulls
+        it to theirs), and ask every peer to replay what we dropped for it."""
+        if self.done or target <= self.step:
             return
-        honest_reached = seen[config.f]
-        if honest_reached <= self.step + config.steps_ahead_max or self.done:
-            return
-        target = min(honest_reached + 1, self._steps)
         log.warning(
-            "node %d: peers are at step %d; jumping from %d to %d",
+            "node %d: f+1 peers are at step %d or beyond; jumping from %d to %d",
             self.me,
-            honest_reached,
+            target,
             self.step,
             target,
         )
         self._jumps += 1
+        self._generation += 1
         self.step = target
         self.core.advance_to(target)
-        if not self.done:
-            self._propose_gradient()
+        if self._journal is not None:
+            self._journal.prune_below(target - self.core.config.steps_retained)
+        step = Step()
+        step.broadcast(Catchup(target))
+        self._execute(step)
+        self._propose_gradient()
+
+
+def _not_evaluated() -> tuple[None, None]:
+    return None, None

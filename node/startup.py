@@ -2,7 +2,11 @@
 
 :func:`prepare_node` checks the key file, the roster, this node's id and key in it, n
 against f for the aggregator, the task (a user's module may be missing), the data
-partition, the transport limits, a Byzantine strategy spec, and a checkpoint to resume.
+partition, the transport limits, a Byzantine strategy spec, and the node's state: its
+checkpoint and its journal of what it signed (node/journal.py). A node resumes at the
+later of its checkpoint's step and the last step it signed a vector for; it refuses to
+start afresh in a session where its journal shows it already signed (state lost: it
+could sign a second payload for an instance, which is equivocation).
 Each problem is one line of a :class:`StartupError`, and as many are collected as can be
 before one blocks the next, so an operator fixes them in one go. node/app.py runs what
 this returns.
@@ -15,12 +19,14 @@ import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import nacl.signing
 
-from node.checkpoint import CheckpointError, CheckpointStore
-from node.config import NodeConfig
+from node.checkpoint import Checkpoint, CheckpointError, CheckpointStore
+from node.config import DEFAULT_CHECKPOINT_DIR, NodeConfig
+from node.journal import Journal, JournalError
 from node.keys import KeyFileError, load_signing_key, public_key_b64
 from node.roster import Roster, RosterError, load_roster, parse_address
 from node.transport_config import TransportConfig
@@ -29,6 +35,7 @@ from protocol.aggregate import min_nodes
 if TYPE_CHECKING:
     from node.trainer import Trainer
     from protocol.core import ProtocolConfig
+    from protocol.messages import Message
 
 log = logging.getLogger("jungle.node")
 
@@ -51,9 +58,14 @@ class PreparedNode:
     transport_config: TransportConfig
     protocol_config: ProtocolConfig
     trainer: Trainer
-    checkpoints: CheckpointStore | None
-    #: the step to start at (> 0 when resuming from a checkpoint)
+    checkpoints: CheckpointStore
+    journal: Journal
+    #: the step to start at (> 0 when resuming)
     start_step: int
+    #: the step of the checkpoint loaded (None: a fresh start)
+    checkpoint_step: int | None
+    #: what the journal held (SENDs accepted, READYs sent), for the core to restore
+    restored: list[Message]
     #: classes the task's model scores (for strategies that need it)
     num_classes: int
     #: the Byzantine strategy (sim.strategies), not bound yet; None for an honest node
@@ -102,15 +114,17 @@ def prepare_node(config: NodeConfig) -> PreparedNode:
         schedule=config.round_schedule(),
         steps_ahead_max=config.protocol.steps_ahead_max,
         steps_retained=config.protocol.steps_retained,
+        steps_total=node.steps,
     )
-    checkpoints = (
-        None if node.checkpoint_dir is None else CheckpointStore(node.checkpoint_dir, node.id)
-    )
-    start_step = 0
-    if checkpoints is not None:
-        start_step = _resume(config, checkpoints, roster, signing_key, trainer, problems)
-    if problems:
+    folder = node.checkpoint_dir or Path(DEFAULT_CHECKPOINT_DIR)
+    checkpoints = CheckpointStore(folder, node.id)
+    journal = Journal(folder / f"node-{node.id}.journal", roster.session_id.hex())
+    state = _resume(config, checkpoints, journal, roster, signing_key, trainer, problems)
+    if problems or state is None:
         raise StartupError(problems)
+    checkpoint, restored, own_step = state
+    checkpoint_step = None if checkpoint is None else checkpoint.step
+    start_step = max(checkpoint_step or 0, own_step)
     return PreparedNode(
         config,
         signing_key,
@@ -119,7 +133,10 @@ def prepare_node(config: NodeConfig) -> PreparedNode:
         protocol_config,
         trainer,
         checkpoints,
+        journal,
         start_step,
+        checkpoint_step,
+        restored,
         num_classes,
         strategy,
     )
@@ -128,7 +145,8 @@ def prepare_node(config: NodeConfig) -> PreparedNode:
 def _output_problems(config: NodeConfig) -> list[str]:
     """The metrics file and checkpoint folder must be writable now, not at step 10."""
     problems = []
-    metrics, folder = config.node.metrics_file, config.node.checkpoint_dir
+    metrics = config.node.metrics_file
+    folder = config.node.checkpoint_dir or Path(DEFAULT_CHECKPOINT_DIR)
     try:
         if metrics is not None:
             metrics.parent.mkdir(parents=True, exist_ok=True)
@@ -311,15 +329,51 @@ def _trainer(
 def _resume(
     config: NodeConfig,
     store: CheckpointStore,
+    journal: Journal,
     roster: Roster,
     signing_key: nacl.signing.SigningKey,
     trainer: Trainer,
     problems: list[str],
-) -> int:
+) -> tuple[Checkpoint | None, list[Message], int] | None:
+    """(checkpoint or None, the journal's messages, the last step this node signed a
+    vector for or -1); None with ``problems`` filled if the state cannot be used."""
+    from protocol.codec import CodecError, decode
+    from protocol.messages import Ready, Send
+
+    me = config.node.id
     try:
         checkpoint = store.load()
-        if checkpoint is None:
-            return 0
+        records = journal.load()
+    except (CheckpointError, JournalError) as error:
+        problems.append(str(error))
+        return None
+    restored: list[Message] = []
+    for index, record in enumerate(records):
+        try:
+            message = decode(record)
+        except CodecError as error:
+            problems.append(f"{journal.folder}: record {index} does not decode ({error})")
+            return None
+        if not isinstance(message, Send | Ready):
+            problems.append(f"{journal.folder}: record {index} is not a SEND or a READY")
+            return None
+        restored.append(message)
+    own_step = max(
+        (m.iid.tag.step for m in restored if isinstance(m, Send) and m.iid.origin == me),
+        default=-1,
+    )
+    session = roster.session_name
+    if checkpoint is None and restored:
+        problems.append(
+            f"{store.path}: missing, but node {me} already signed messages in session "
+            f"{session!r} (journal {journal.folder}, up to step {own_step}): starting afresh "
+            f"could sign a second payload for one instance. Put the checkpoint back to "
+            f"resume, or start a new run with a new roster (jungle roster)"
+        )
+        return None
+    if checkpoint is None:
+        return None, [], -1
+    try:
         store.check_belongs(
             checkpoint,
             session_id_hex=roster.session_id.hex(),
@@ -329,11 +383,19 @@ def _resume(
         trainer.load_state_dict(checkpoint.trainer_state)
     except CheckpointError as error:
         problems.append(str(error))
-        return 0
+        return None
     except (ValueError, KeyError, TypeError, AttributeError, RuntimeError) as error:
         problems.append(f"{store.path}: checkpoint does not fit this model: {error!r}")
-        return 0
-    return checkpoint.step
+        return None
+    if checkpoint.step > 0 and not restored:
+        problems.append(
+            f"{journal.folder}: missing or empty, but the checkpoint is at step "
+            f"{checkpoint.step}: what node {me} signed in session {session!r} is unknown, so "
+            f"it could sign a second payload for one instance. Put the journal back, or "
+            f"start a new run with a new roster (jungle roster)"
+        )
+        return None
+    return checkpoint, restored, own_step
 
 
 def announce(prepared: PreparedNode) -> None:
@@ -362,13 +424,20 @@ def announce(prepared: PreparedNode) -> None:
         protocol.model_rounds,
         node.steps,
     )
-    if prepared.start_step:
-        assert prepared.checkpoints is not None
+    if prepared.checkpoint_step is not None:
         log.info(
             "resumed from checkpoint %s at step %d with the same public key %s",
             prepared.checkpoints.path,
-            prepared.start_step,
+            prepared.checkpoint_step,
             prepared.public_key,
+        )
+    if prepared.restored:
+        log.info(
+            "journal %s: %d messages restored; resuming at step %d, where this node had "
+            "signed up to before the restart (it resends those bytes, never signs anew)",
+            prepared.journal.folder,
+            len(prepared.restored),
+            prepared.start_step,
         )
     if prepared.strategy is not None:
         banner = "*" * 76

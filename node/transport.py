@@ -21,7 +21,8 @@ raises, as :class:`TransportError`.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+import logging
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 
 import trio
@@ -38,6 +39,8 @@ from node.transport_config import (
     TransportConfig,
     TransportError,
 )
+
+log = logging.getLogger("jungle.transport")
 
 __all__ = [
     "FaultKind",
@@ -143,13 +146,18 @@ class TcpTransport:
 
 @asynccontextmanager
 async def open_tcp_transport(
-    config: TransportConfig, *, listeners: Sequence[trio.SocketListener] | None = None
+    config: TransportConfig,
+    *,
+    listeners: Sequence[trio.SocketListener] | None = None,
+    on_peer_restart: Callable[[int], None] | None = None,
 ) -> AsyncIterator[TcpTransport]:
     """Listen, dial every peer in the background, and yield the transport.
 
     ``listeners`` lets a caller bind first (e.g. on port 0) and write the roster after;
     otherwise we bind ``config.listen_host/listen_port`` (default: our roster address).
-    On exit every connection is closed and every background task cancelled.
+    ``on_peer_restart(peer)`` is called when a peer authenticates with a new incarnation
+    (it restarted: what it had received from us died with it). On exit every connection
+    is closed and every background task cancelled.
     """
     if listeners is None:
         entry = config.roster.entry(config.me)
@@ -166,9 +174,16 @@ async def open_tcp_transport(
         for peer in range(config.roster.n)
         if peer != config.me
     }
-    inbound = InboundLinks(
-        context, faults, counters, queue, on_peer_restart=lambda peer: outbound[peer].reconnect()
-    )
+    inbound = InboundLinks(context, faults, counters, queue)
+
+    def peer_restarted(peer: int, dialed: bool) -> None:
+        log.info("node %d: peer %d restarted (new incarnation)", config.me, peer)
+        if not dialed:  # our link to it still goes to the old incarnation
+            outbound[peer].reconnect()
+        if on_peer_restart is not None:
+            on_peer_restart(peer)
+
+    context.peers.on_restart = peer_restarted
     transport = TcpTransport(config, listen_port, outbound, inbound, queue, faults, counters)
     try:
         async with trio.open_nursery() as nursery:

@@ -96,6 +96,24 @@ class TransportConfig:
         return self.frame_bytes_max - DATA_BODY_OVERHEAD_BYTES
 
 
+class PeerIncarnations:
+    """The incarnation each peer last authenticated with, from either link direction.
+
+    A peer that restarts shows a new incarnation nonce in its next handshake, whichever
+    of our two links to it connects first; :meth:`observe` calls ``on_restart(peer,
+    dialed)`` once per change (``dialed``: seen on the link we dialed)."""
+
+    def __init__(self) -> None:
+        self._known: dict[int, bytes] = {}
+        self.on_restart: Callable[[int, bool], None] | None = None
+
+    def observe(self, peer: int, incarnation: bytes, *, dialed: bool) -> None:
+        previous = self._known.get(peer)
+        self._known[peer] = incarnation
+        if previous is not None and previous != incarnation and self.on_restart is not None:
+            self.on_restart(peer, dialed)
+
+
 @dataclass(frozen=True, slots=True)
 class LinkContext:
     """What every link of one transport shares (set once when the transport opens)."""
@@ -103,3 +121,4 @@ class LinkContext:
     config: TransportConfig
     #: random per transport instance: tells peers we restarted, so they reset our seqs
     incarnation: bytes = field(default_factory=lambda: os.urandom(INCARNATION_BYTES))
+    peers: PeerIncarnations = field(default_factory=PeerIncarnations)

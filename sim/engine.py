@@ -180,6 +180,7 @@ class Simulation:
             schedule=scenario.round_schedule(),
             steps_ahead_max=protocol.steps_ahead_max,
             steps_retained=protocol.steps_retained,
+            steps_total=scenario.steps,
         )
         if self._decoder is None:  # every node has the same payload limit
             self._decoder = SharedDecoder(core_config.payload_bytes_max)

@@ -18,6 +18,7 @@ import dataclasses
 import json
 import os
 import re
+import shutil
 import socket
 import tomllib
 from collections.abc import Mapping, Sequence
@@ -34,6 +35,8 @@ from sim.scenario import Scenario, StrategySpec
 from sim.schedulers import DefaultScheduler, load_scheduler
 
 LOOPBACK_HOST: Final = "127.0.0.1"
+#: every node's checkpoint and journal, under the process folder
+STATE_DIR: Final = "checkpoints"
 #: the largest integer a TOML file holds (the seed goes into every node's config)
 TOML_INT_MAX: Final = 2**63 - 1
 #: a node waits up to this for all its peers before step 0: every node process imports
@@ -117,9 +120,11 @@ def write_setup(scenario: Scenario, folder: Path) -> ProcessSetup:
     byzantine = scenario.byzantine_strategies()
     nodes = tuple(_node_files(folder, i, i not in byzantine) for i in range(scenario.n))
     for files in nodes:
-        for path in (files.key, files.config, files.metrics, files.log, files.checkpoint):
-            if path is not None:
-                path.unlink(missing_ok=True)
+        for path in (files.key, files.config, files.metrics, files.log):
+            path.unlink(missing_ok=True)
+    # Every node's state (checkpoint and journal) of an earlier run: a new roster is a
+    # new session, which that state does not belong to.
+    shutil.rmtree(folder / STATE_DIR, ignore_errors=True)
     public_keys = roster_keys(scenario.seed, scenario.n)
     for files in nodes:
         _write_key(files.key, signing_seed(scenario.seed, files.id))
@@ -165,14 +170,13 @@ def node_config(
         # Byzantine nodes' accuracy is not reported: they evaluate only after the last step
         "eval_every": scenario.eval_every if files.honest else scenario.steps,
         "metrics_file": files.metrics.name,
+        "checkpoint_dir": STATE_DIR,
         "log_level": "INFO",
         "wait_for_peers_s": WAIT_FOR_PEERS_S,
         "linger_s": scenario.time_limit_s,
         "tick_interval_s": scenario.tick_interval_s,
     }
-    if files.checkpoint is not None:
-        node["checkpoint_dir"] = files.checkpoint.parent.name
-        node["checkpoint_every"] = scenario.steps  # only the final model
+    node["checkpoint_every"] = scenario.steps  # only the final model (and step 0)
     protocol, partition, training = scenario.protocol, scenario.partition, scenario.training
     config: dict[str, Any] = {
         "node": node,
@@ -207,7 +211,7 @@ def _node_files(folder: Path, node: int, honest: bool) -> NodeFiles:
         config=folder / f"node-{node}.toml",
         metrics=folder / f"node-{node}.metrics.jsonl",
         log=folder / f"node-{node}.log",
-        checkpoint=folder / "checkpoints" / f"node-{node}.pt" if honest else None,
+        checkpoint=folder / STATE_DIR / f"node-{node}.pt" if honest else None,
     )
 
 

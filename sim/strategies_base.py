@@ -37,7 +37,7 @@ import numpy as np
 from protocol.codec import CodecError, decode
 from protocol.core import ProtocolConfig
 from protocol.crypto import SignatureScheme
-from protocol.messages import Message, Phase
+from protocol.messages import Catchup, Finished, Message, Phase
 
 #: (step, phase, round) -> the honest nodes' vectors of that agreement round seen so far,
 #: by node id (the omniscient adversary's view; empty when none is known yet).
@@ -281,7 +281,9 @@ class Combined(Strategy):
 
 
 def _decode_or_none(data: bytes) -> Message | None:
+    """The broadcast message ``data`` encodes; None for garbage or a control message."""
     try:
-        return decode(data)
+        message = decode(data)
     except CodecError:
         return None
+    return None if isinstance(message, Catchup | Finished) else message

@@ -104,7 +104,8 @@ def test_every_section_is_read_with_its_types(tmp_path: Path) -> None:
 def test_defaults_fill_everything_but_identity(tmp_path: Path) -> None:
     config = load_config(write(tmp_path, MINIMAL))
 
-    assert config.node.steps == 100 and config.node.checkpoint_dir is None
+    assert config.node.steps == 100
+    assert config.node.checkpoint_dir == tmp_path / "checkpoints"  # beside the config file
     assert config.round_schedule().gradient == GradientSchedule.LOG2
     assert config.protocol.aggregator == "trimmed_mean"
     assert config.task.name == "digits-mlp" and config.task.part is None

@@ -26,6 +26,7 @@ from node.roster import (
     assemble_roster,
     dump_roster,
     load_roster,
+    new_nonce,
     parse_address,
     parse_roster,
 )
@@ -91,8 +92,10 @@ def _key_text(index: int) -> str:
     return public_key_b64(node_key(index))
 
 
+NONCE = "9f86d081884c7d659a2feaa0c55ad015"
 GOOD = f"""
 session = "my-run-1"   # a label
+nonce = "{NONCE}"
 [[node]]
 id = 1
 public_key = "{_key_text(1)}"
@@ -123,19 +126,21 @@ def test_parse_roster_and_round_trip(tmp_path: Path) -> None:
     assert again == roster and again.session_id == roster.session_id
 
 
-def test_session_id_changes_with_label_keys_and_addresses() -> None:
+def test_session_id_changes_with_label_nonce_keys_and_addresses() -> None:
     roster = parse_roster(GOOD)
     relabelled = parse_roster(GOOD.replace("my-run-1", "my-run-2"))
+    rerun = parse_roster(GOOD.replace(NONCE, "0" * 32))
     rekeyed = parse_roster(GOOD.replace(_key_text(2), _key_text(7)))
     moved = parse_roster(GOOD.replace("10.0.0.5:7400", "10.0.0.5:7500"))
-    ids = {r.session_id for r in (roster, relabelled, rekeyed, moved)}
-    assert len(ids) == 4
+    ids = {r.session_id for r in (roster, relabelled, rerun, rekeyed, moved)}
+    assert len(ids) == 5
     assert parse_roster(GOOD).session_id == roster.session_id  # deterministic
 
 
 def test_every_problem_gets_its_own_line() -> None:
     text = f"""
 session = 7
+nonce = "abc"
 colour = "blue"
 [[node]]
 id = 0
@@ -157,6 +162,7 @@ nickname = "bob"
     expected = [
         "missing `session",
         "unknown top-level key 'colour'",
+        "`nonce` must be 32 hex digits",
         "write IPv6 addresses in brackets",
         "not valid base64",
         "has no port",
@@ -180,7 +186,7 @@ def test_whole_roster_rules() -> None:
     with pytest.raises(RosterError, match="same address as node 0"):
         parse_roster(same_address)
     with pytest.raises(RosterError, match=r"no \[\[node\]\] entries"):
-        parse_roster('session = "empty"')
+        parse_roster(f'session = "empty"\nnonce = "{NONCE}"')
     with pytest.raises(RosterError, match="not valid TOML"):
         parse_roster("session = ")
 
@@ -198,8 +204,27 @@ def test_assemble_roster_from_public_keys() -> None:
 
 def test_labels_with_special_characters_survive_dump() -> None:
     label = 'run "7" \\ tab\there\nnewline é ✓'
-    roster = Roster(label, (RosterEntry(0, bytes(node_key(0).verify_key), "::1", 9),))
+    entries = (RosterEntry(0, bytes(node_key(0).verify_key), "::1", 9),)
+    roster = Roster(label, entries, new_nonce())
     assert parse_roster(dump_roster(roster)).session_name == label
+
+
+def test_a_roster_without_a_nonce_is_refused_with_what_to_do() -> None:
+    with pytest.raises(RosterError, match="make the roster with `jungle roster`"):
+        parse_roster(GOOD.replace(f'nonce = "{NONCE}"', ""))
+
+
+def test_every_assembled_roster_is_a_new_session() -> None:
+    entries = [(_key_text(index), f"127.0.0.1:{7400 + index}") for index in range(4)]
+    first, second = assemble_roster("same", entries), assemble_roster("same", entries)
+    assert first.nonce != second.nonce and first.session_id != second.session_id
+
+
+def test_keygen_creates_missing_folders_private(tmp_path: Path) -> None:
+    path = tmp_path / "fresh" / "keys" / "node0.key"
+    generate_key(path)
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
 
 
 @pytest.mark.parametrize(
