@@ -182,6 +182,8 @@ class Runner:
         self._held_added = trio.lowlevel.ParkingLot()
         self._flushing = False
         self._flushed = trio.lowlevel.ParkingLot()
+        #: unparked when we announce our end or a peer announces its own
+        self._changed = trio.lowlevel.ParkingLot()
         #: computations waiting for the worker thread (real nodes); None: compute inline
         self._jobs: deque[tuple[Callable[[], Any], Callable[[Any], None]]] | None = None
         self._job_added = trio.lowlevel.ParkingLot()
@@ -264,15 +266,19 @@ class Runner:
                 nursery.start_soon(self._flush_loop)
             nursery.start_soon(self._tick_loop, tick_interval_s)
             self.start()
-            while not self.done:
-                src, data = await receive()
-                self.deliver(src, data)
+            nursery.start_soon(self._receive_loop, receive)
+            while not self._announced_finished:  # the last step, evaluated and recorded
+                await self._changed.park()
             with trio.move_on_after(linger_s):
                 while not self.all_peers_finished:
-                    src, data = await receive()
-                    self.deliver(src, data)
+                    await self._changed.park()
             await self.wait_flushed()
             nursery.cancel_scope.cancel()
+
+    async def _receive_loop(self, receive: Callable[[], Awaitable[tuple[int, bytes]]]) -> None:
+        while True:
+            src, data = await receive()
+            self.deliver(src, data)
 
     async def wait_flushed(self) -> None:
         """Until every message handed to the runner so far has gone to the transport."""
@@ -365,6 +371,7 @@ class Runner:
                 )
             elif isinstance(output, PeerFinished):
                 self._peers_finished.add(output.peer)
+                self._changed.unpark_all()
 
     def _send(self, targets: Sequence[int], data: bytes) -> None:
         self._messages_out += len(targets)
@@ -460,6 +467,7 @@ class Runner:
         step = Step()
         step.broadcast(Finished(self._steps))
         self._execute(step)
+        self._changed.unpark_all()
 
     def _propose_gradient(self) -> None:
         generation = self._generation

@@ -49,6 +49,8 @@ _HANDLERS: dict[type[Message], Callable[[BroadcastInstance, int, Any], Step]] = 
 
 #: bytes an array header may add to dim * itemsize on the wire
 ARRAY_HEADER_BYTES_MAX = 64
+#: origins a stall description details, at most
+_WAITING_LISTED_MAX = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,11 +188,18 @@ class AveragingAgreement:
             f"REPORT of {j} lists {', '.join(map(str, origins))} not held"
             for j, origins in uncovered.items()
         )
+        undelivered = []
+        for origin in missing[:_WAITING_LISTED_MAX]:
+            instance = self._instances.get(InstanceId(origin, self._tag(round_, Kind.VECTOR)))
+            undelivered.append(
+                f"{origin}: {'nothing yet' if instance is None else instance.progress()}"
+            )
         return (
             f"round {round_}: {len(held)} of {self._params.report_quorum} vectors "
             f"(held from {_ids(held)}; missing from {_ids(missing)}), "
             f"{len(covered)} of {quorum} witnesses ({_ids(covered)})"
             + (f"; {lacks}" if lacks else "")
+            + (f"; vectors under way: {'; '.join(undelivered)}" if undelivered else "")
         )
 
     def equivocations(self) -> list[BroadcastInstance]:

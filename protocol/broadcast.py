@@ -317,6 +317,16 @@ class BroadcastInstance:
             messages.append(Ready(self.iid, ready))
         return messages
 
+    def progress(self) -> str:
+        """Where this instance stands, in words (for a stall warning)."""
+        held = "SEND held" if self._send_digest is not None else "no SEND"
+        echoes = max(self._echo_counts.values(), default=0)
+        readies = max(self._ready_counts.values(), default=0)
+        return (
+            f"{held}, {echoes} of {self._echo_quorum} echoes, "
+            f"{readies} of {self._deliver_quorum} readies"
+        )
+
     def forget_peer(self, peer: int) -> None:
         """``peer`` restarted: its fetches start afresh, and so do ours to it (an ask its
         previous incarnation never answered may be repeated)."""

@@ -18,10 +18,12 @@ import pytest
 
 from node.checkpoint import Checkpoint, CheckpointStore
 from node.cli import main
+from node.journal import Journal
 from node.keys import load_signing_key, public_key_b64
 from node.roster import load_roster
+from protocol.codec import encode, encode_array
 from protocol.crypto import Ed25519Scheme, EquivocationProof, digest
-from protocol.messages import InstanceId, Kind, Phase, Tag
+from protocol.messages import InstanceId, Kind, Phase, Send, Tag
 from tests.node.helpers import REPO
 
 N = 4
@@ -231,6 +233,56 @@ def test_a_checkpoint_of_another_session_is_refused(
     assert status == 2
     [line] = errors(err)
     assert "checkpoint of another session or roster" in line
+
+
+def _signed_state(folder: Path, session_id_hex: str, step: int) -> Journal:
+    """A journal as node 0 leaves it after signing its gradient of ``step``."""
+    key = load_signing_key(folder / "node0.key")
+    scheme = Ed25519Scheme(bytes(key), load_roster(folder / "r.toml").public_keys)
+    iid = InstanceId(0, Tag(step, Phase.GRADIENT, 0, Kind.VECTOR))
+    payload = encode_array(np.zeros(4, np.float32))
+    signature = scheme.sign(bytes.fromhex(session_id_hex), iid, digest(payload))
+    journal = Journal(folder / "ckpt" / "node-0.journal", session_id_hex)
+    journal.open()
+    journal.append(step, encode(Send(iid, payload, signature)))
+    journal.sync()
+    journal.close()
+    return journal
+
+
+def test_signed_state_without_its_checkpoint_is_never_a_fresh_start(
+    cluster: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    session = load_roster(cluster / "r.toml").session_id.hex()
+    _signed_state(cluster, session, 7)
+
+    status, err = check(capsys, cluster, "--checkpoint-dir", str(cluster / "ckpt"))
+
+    assert status == 2
+    [line] = errors(err)
+    assert "node-0.pt: missing, but node 0 already signed messages in session 'cli'" in line
+    assert "up to step 7" in line and "new roster (jungle roster)" in line
+
+
+def test_a_journal_of_another_session_is_refused(
+    cluster: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _signed_state(cluster, "ab" * 32, 3)
+
+    status, err = check(capsys, cluster, "--checkpoint-dir", str(cluster / "ckpt"))
+
+    assert status == 2
+    [line] = errors(err)
+    assert "journal of another session or roster" in line
+
+
+def test_a_fresh_node_keeps_its_state_beside_the_config_by_default(
+    cluster: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    status, err = check(capsys, cluster)
+    assert status == 0, err
+    # checked writable up front, beside the config file; --check writes no state in it
+    assert list((cluster / "checkpoints").iterdir()) == []
 
 
 def test_byzantine_specs_may_be_json(cluster: Path, capsys: pytest.CaptureFixture[str]) -> None:
