@@ -4,19 +4,32 @@ Three frames (each length-prefixed, at most :data:`HANDSHAKE_FRAME_BYTES_MAX` by
 
 1. dialer -> acceptor ``HELLO``: magic, session id, the dialer's identity key, the id it
    means to reach, a fresh X25519 ephemeral, its incarnation nonce, its ``seq_base`` (the
-   last sequence number the previous acceptor instance acknowledged).
-2. acceptor -> dialer ``ACCEPT``: its fresh ephemeral, its incarnation, and an ed25519
-   signature by its roster key over the transcript hash ``T`` of HELLO and ACCEPT.
+   last sequence number the previous acceptor instance acknowledged), and the frame
+   suites it offers (node/frame_auth.py).
+2. acceptor -> dialer ``ACCEPT``: its fresh ephemeral, its incarnation, the suite it
+   chose, and an ed25519 signature by its roster key over the transcript hash ``T`` of
+   HELLO and ACCEPT.
 3. dialer -> acceptor ``CONFIRM``: the dialer's signature over ``T``.
 
-Each side signs a different label with ``T``, and ``T`` covers the session id, both
-identities and both ephemerals, so a signature proves possession of a roster key *for
-this very connection*: a recorded handshake cannot be replayed (the other side's
-ephemeral differs) and one from another session or roster fails the session check or the
-signature. The acceptor checks the cheap things (format, session id, target id, whether
-the key is in the roster) before spending any public-key operation.
+The pattern is ISO/IEC 9798-3 three-pass mutual authentication with signed ephemeral
+Diffie-Hellman, with both identities inside what each side signs (as TLS 1.3's
+CertificateVerify signs its transcript). Canetti and Krawczyk ("Analysis of Key-Exchange
+Protocols and Their Use for Building Secure Channels", Eurocrypt 2001) prove this signed-DH
+exchange secure when each signature covers the peer's identity, which is what SIGMA's MAC
+over identities achieves otherwise; here ``T`` binds the session id, the dialer's key,
+the acceptor's id, both ephemerals, both incarnations and the chosen suite. Each side
+signs a different label, so a signature proves possession of a roster key *for this very
+connection*: a recorded handshake cannot be replayed (the other side's ephemeral differs),
+one from another session or roster fails the session check or the signature, and nobody
+on the path can downgrade the suite. Not hidden from an observer: the session id and the
+dialer's public key (the acceptor needs them for its cheap checks before any public-key
+operation, and they name roster members, whose addresses the observer sees anyway).
 
-Two directional MAC keys are derived from the X25519 shared secret and ``T`` with BLAKE3's
+The acceptor checks the cheap things (format, session id, target id, whether the key is in
+the roster, a common suite) before its first public-key operation: its ephemeral is
+generated only then, so a stranger's junk costs it no key generation and no signature.
+
+Two directional frame keys are derived from the X25519 shared secret and ``T`` with BLAKE3's
 key derivation mode (see ``node/frame_auth.py`` for how frames use them).
 
 The classes here are pure (bytes in, bytes out, like h11); :func:`dial` and :func:`accept`
@@ -27,7 +40,9 @@ must not accuse the claimed id.
 
 from __future__ import annotations
 
+import math
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final
 
@@ -38,21 +53,22 @@ import nacl.public
 import nacl.signing
 import trio
 
+from node.frame_auth import SUITE_NAMES, default_suites
 from node.framing import FrameReader, frame_header, send_buffers
 from node.roster import Roster
 
 HANDSHAKE_FRAME_BYTES_MAX: Final = 256
 INCARNATION_BYTES: Final = 16
-MAGIC: Final = b"jungle\x00\x01"
-_HELLO = struct.Struct("<8sB32s32sI32s16sQ")
-_ACCEPT_UNSIGNED = struct.Struct("<B32s16s")
+MAGIC: Final = b"jungle\x00\x02"
+_HELLO = struct.Struct("<8sB32s32sI32s16sQB")
+_ACCEPT_UNSIGNED = struct.Struct("<B32s16sB")
 _SIGNATURE_BYTES: Final = 64
 _TYPE_HELLO, _TYPE_ACCEPT, _TYPE_CONFIRM = 1, 2, 3
-_TRANSCRIPT_DOMAIN: Final = b"jungle/transport/handshake/v1\x00"
-_ACCEPTOR_LABEL: Final = b"jungle/transport/acceptor-signs\x00"
-_DIALER_LABEL: Final = b"jungle/transport/dialer-signs\x00"
-_KEY_CONTEXT_DIALER_TO_ACCEPTOR: Final = "jungle 2025 transport v1 dialer-to-acceptor MAC key"
-_KEY_CONTEXT_ACCEPTOR_TO_DIALER: Final = "jungle 2025 transport v1 acceptor-to-dialer MAC key"
+_TRANSCRIPT_DOMAIN: Final = b"jungle/transport/handshake/v2\x00"
+_ACCEPTOR_LABEL: Final = b"jungle/transport/v2/acceptor-signs\x00"
+_DIALER_LABEL: Final = b"jungle/transport/v2/dialer-signs\x00"
+_KEY_CONTEXT_DIALER_TO_ACCEPTOR: Final = "jungle 2026 transport v2 dialer-to-acceptor frame key"
+_KEY_CONTEXT_ACCEPTOR_TO_DIALER: Final = "jungle 2026 transport v2 acceptor-to-dialer frame key"
 
 
 class HandshakeError(Exception):
@@ -73,6 +89,8 @@ class Hello:
     ephemeral: bytes
     incarnation: bytes
     seq_base: int
+    #: bit mask of the frame suites the dialer offers
+    suites: int
 
     def encode(self) -> bytes:
         return _HELLO.pack(
@@ -84,16 +102,19 @@ class Hello:
             self.ephemeral,
             self.incarnation,
             self.seq_base,
+            self.suites,
         )
 
     @classmethod
     def decode(cls, body: bytes) -> Hello:
         if len(body) != _HELLO.size:
             raise HandshakeError("handshake_malformed", f"HELLO of {len(body)} bytes")
-        magic, kind, session_id, key, to_id, ephemeral, incarnation, seq_base = _HELLO.unpack(body)
+        magic, kind, session_id, key, to_id, ephemeral, incarnation, seq_base, suites = (
+            _HELLO.unpack(body)
+        )
         if magic != MAGIC or kind != _TYPE_HELLO:
-            raise HandshakeError("handshake_malformed", "not a jungle v1 HELLO")
-        return cls(session_id, key, to_id, ephemeral, incarnation, seq_base)
+            raise HandshakeError("handshake_malformed", "not a jungle v2 HELLO")
+        return cls(session_id, key, to_id, ephemeral, incarnation, seq_base, suites)
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +127,8 @@ class LinkSecrets:
     seq_base: int
     send_key: bytes
     receive_key: bytes
+    #: the frame suite both ends use (node/frame_auth.py)
+    suite: int
 
 
 class DialerHandshake:
@@ -119,11 +142,13 @@ class DialerHandshake:
         incarnation: bytes,
         seq_base: int,
         ephemeral: nacl.public.PrivateKey | None = None,
+        suites: Sequence[int] | None = None,
     ) -> None:
         self._roster = roster
         self._signing_key = signing_key
         self._peer = peer
         self._ephemeral = ephemeral or nacl.public.PrivateKey.generate()
+        offered = default_suites() if suites is None else tuple(suites)
         self._hello = Hello(
             roster.session_id,
             bytes(signing_key.verify_key),
@@ -131,6 +156,7 @@ class DialerHandshake:
             bytes(self._ephemeral.public_key),
             incarnation,
             seq_base,
+            _mask(offered),
         )
         self._hello_body = self._hello.encode()
 
@@ -141,9 +167,11 @@ class DialerHandshake:
         if len(body) != _ACCEPT_UNSIGNED.size + _SIGNATURE_BYTES:
             raise HandshakeError("handshake_malformed", f"ACCEPT of {len(body)} bytes", self._peer)
         unsigned, signature = body[: _ACCEPT_UNSIGNED.size], body[_ACCEPT_UNSIGNED.size :]
-        kind, ephemeral, incarnation = _ACCEPT_UNSIGNED.unpack(unsigned)
+        kind, ephemeral, incarnation, suite = _ACCEPT_UNSIGNED.unpack(unsigned)
         if kind != _TYPE_ACCEPT:
             raise HandshakeError("handshake_malformed", "not an ACCEPT", self._peer)
+        if suite not in SUITE_NAMES or not suite & self._hello.suites:
+            raise HandshakeError("handshake_malformed", f"ACCEPT chose suite {suite}", self._peer)
         transcript = _transcript(self._hello_body, unsigned)
         peer_key = self._roster.public_keys[self._peer]
         if not _verify(peer_key, _ACCEPTOR_LABEL + transcript, signature):
@@ -156,7 +184,9 @@ class DialerHandshake:
             bytes([_TYPE_CONFIRM]) + self._signing_key.sign(_DIALER_LABEL + transcript).signature
         )
         to_acceptor, to_dialer = _derive_keys(self._ephemeral, ephemeral, transcript, self._peer)
-        secrets = LinkSecrets(self._peer, incarnation, self._hello.seq_base, to_acceptor, to_dialer)
+        secrets = LinkSecrets(
+            self._peer, incarnation, self._hello.seq_base, to_acceptor, to_dialer, suite
+        )
         return confirm, secrets
 
 
@@ -170,14 +200,19 @@ class AcceptorHandshake:
         signing_key: nacl.signing.SigningKey,
         incarnation: bytes,
         ephemeral: nacl.public.PrivateKey | None = None,
+        suites: Sequence[int] | None = None,
     ) -> None:
+        """``ephemeral``: for tests; by default one is generated once HELLO passes the
+        cheap checks. ``suites``: what we accept, in our order of preference."""
         self._roster = roster
         self._me = me
         self._signing_key = signing_key
         self._incarnation = incarnation
-        self._ephemeral = ephemeral or nacl.public.PrivateKey.generate()
+        self._ephemeral = ephemeral
+        self._suites = default_suites() if suites is None else tuple(suites)
         self._hello: Hello | None = None
         self._peer = -1
+        self._suite = 0
         self._transcript = b""
 
     def on_hello(self, body: bytes) -> bytes:
@@ -193,8 +228,19 @@ class AcceptorHandshake:
             raise HandshakeError(
                 "wrong_peer", f"dialer meant to reach node {hello.to_id}, we are {self._me}", peer
             )
+        common = [suite for suite in self._suites if suite & hello.suites]
+        if not common:
+            offered = [name for code, name in SUITE_NAMES.items() if code & hello.suites]
+            raise HandshakeError(
+                "handshake_malformed",
+                f"no frame suite in common (offered {offered or 'none'})",
+                peer,
+            )
+        self._suite = common[0]
+        if self._ephemeral is None:  # only now: junk costs no key generation
+            self._ephemeral = nacl.public.PrivateKey.generate()
         unsigned = _ACCEPT_UNSIGNED.pack(
-            _TYPE_ACCEPT, bytes(self._ephemeral.public_key), self._incarnation
+            _TYPE_ACCEPT, bytes(self._ephemeral.public_key), self._incarnation, self._suite
         )
         self._hello, self._peer = hello, peer
         self._transcript = _transcript(body, unsigned)
@@ -213,10 +259,13 @@ class AcceptorHandshake:
                 "CONFIRM not signed by the roster key the dialer presented",
                 self._peer,
             )
+        assert self._ephemeral is not None
         to_acceptor, to_dialer = _derive_keys(
             self._ephemeral, hello.ephemeral, self._transcript, self._peer
         )
-        return LinkSecrets(self._peer, hello.incarnation, hello.seq_base, to_dialer, to_acceptor)
+        return LinkSecrets(
+            self._peer, hello.incarnation, hello.seq_base, to_dialer, to_acceptor, self._suite
+        )
 
 
 async def dial(
@@ -231,12 +280,27 @@ async def dial(
 
 
 async def accept(
-    sock: trio.socket.SocketType, reader: FrameReader, handshake: AcceptorHandshake
+    sock: trio.socket.SocketType,
+    reader: FrameReader,
+    handshake: AcceptorHandshake,
+    hello_timeout_s: float = math.inf,
 ) -> LinkSecrets:
-    """Run the acceptor's side over an accepted socket (the caller bounds it in time)."""
-    accept_body = handshake.on_hello(bytes(await reader.receive_frame()))
+    """Run the acceptor's side over an accepted socket (the caller bounds it in time);
+    ``trio.TooSlowError`` if no HELLO arrives within ``hello_timeout_s``."""
+    with trio.fail_after(hello_timeout_s):
+        hello = bytes(await reader.receive_frame())
+    accept_body = handshake.on_hello(hello)
     await send_buffers(sock, (frame_header(len(accept_body)), accept_body))
     return handshake.on_confirm(bytes(await reader.receive_frame()))
+
+
+def _mask(suites: Sequence[int]) -> int:
+    mask = 0
+    for suite in suites:
+        if suite not in SUITE_NAMES:
+            raise ValueError(f"unknown frame suite {suite}")
+        mask |= suite
+    return mask
 
 
 def _transcript(hello_body: bytes, accept_unsigned: bytes) -> bytes:

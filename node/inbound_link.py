@@ -1,11 +1,13 @@
 """Incoming links: peers' messages to us, authenticated, deduplicated, acknowledged.
 
-Each peer dials us to carry its data (node/outbound_link.py is the other end). For every
-accepted connection we run the acceptor's handshake under a deadline and a cap on
-concurrent handshakes, so unauthenticated connections cost a bounded amount of memory
-and time; then we read DATA frames into the bounded inbound queue and answer with
-cumulative ACKs (every ``ack_every_messages`` messages, and whenever no further frame is
-already buffered, so a lone message is acknowledged at once).
+Each peer dials us to carry its data (node/outbound_link.py is the other end). Every
+accepted connection first asks node/admission.py for a pending-handshake slot (room
+reserved for the roster's addresses, caps and a rate limit per source, the oldest evicted
+first), must send its HELLO within ``hello_timeout_s`` and finish the handshake within
+``handshake_timeout_s``, so unauthenticated connections cost a bounded amount of memory and
+time and cannot keep an honest peer out; then we read DATA frames into the bounded inbound
+queue and answer with cumulative ACKs (every ``ack_every_messages`` messages, and whenever
+no further frame is already buffered, so a lone message is acknowledged at once).
 
 Per peer we remember its incarnation and the last sequence number delivered, across
 connections: a reconnect resumes where the peer left off, a resend of a delivered
@@ -23,7 +25,8 @@ from dataclasses import dataclass, field
 import trio
 
 from node import handshake
-from node.frame_auth import KIND_DATA, FrameAuthenticator, FrameRejected, FrameVerifier
+from node.admission import Admission, AdmissionStatistics
+from node.frame_auth import KIND_DATA, FrameOpener, FrameRejected, FrameSealer, KeyExhausted
 from node.framing import (
     CONNECTION_ERRORS,
     FrameReader,
@@ -57,7 +60,9 @@ class InboundLinks:
         faults: FaultLog,
         counters: TrafficCounters,
         queue: InboundQueue,
+        roster_hosts: frozenset[str] = frozenset(),
     ) -> None:
+        """``roster_hosts``: the roster's peer addresses as IP strings (their own pool)."""
         self._context = context
         self._config = context.config
         self._faults = faults
@@ -66,7 +71,23 @@ class InboundLinks:
         self._peers = {
             peer: _PeerInbound() for peer in range(self._config.roster.n) if peer != self._config.me
         }
-        self.handshakes_pending = 0
+        config = self._config
+        self._admission = Admission(
+            roster_hosts,
+            strangers_max=config.handshakes_pending_max,
+            roster_max=config.handshakes_reserved_for_roster,
+            per_source_max=config.handshakes_per_source_max,
+            rate_per_s=config.handshakes_per_source_per_s,
+        )
+        self._pending_scopes: dict[int, trio.CancelScope] = {}
+
+    @property
+    def handshakes_pending(self) -> int:
+        stats = self._admission.statistics()
+        return stats.pending_roster + stats.pending_strangers
+
+    def admission_statistics(self) -> AdmissionStatistics:
+        return self._admission.statistics()
 
     async def serve(self, stream: trio.SocketStream) -> None:
         """Handle one accepted connection (a ``trio.serve_listeners`` handler).
@@ -86,29 +107,52 @@ class InboundLinks:
     async def _accept(
         self, stream: trio.SocketStream, where: str
     ) -> tuple[FrameReader, handshake.LinkSecrets] | None:
-        if self.handshakes_pending >= self._config.handshakes_pending_max:
+        host = _remote_host(stream)
+        ticket, evicted = self._admission.admit(host, trio.current_time())
+        for old in evicted:
             self._faults.record(
-                FaultKind.TOO_MANY_HANDSHAKES,
+                FaultKind.HANDSHAKE_EVICTED,
                 UNKNOWN_PEER,
-                f"{self.handshakes_pending} handshakes already pending; connection closed",
+                "pending handshake evicted to make room for a newer connection",
+                f"from {old.source}",
+            )
+            self._pending_scopes.pop(old.number).cancel()
+        if ticket is None:
+            self._faults.record(
+                FaultKind.RATE_LIMITED,
+                UNKNOWN_PEER,
+                f"more than {self._config.handshakes_per_source_per_s:g} connections a second "
+                "from this source; closed unread",
                 where,
             )
             return None
-        self.handshakes_pending += 1
+        config = self._config
         try:
-            reader = FrameReader(stream.socket, handshake.HANDSHAKE_FRAME_BYTES_MAX)
-            acceptor = handshake.AcceptorHandshake(
-                self._config.roster,
-                self._config.me,
-                self._config.signing_key,
-                self._context.incarnation,
-            )
-            with trio.move_on_after(self._config.handshake_timeout_s):
-                return reader, await handshake.accept(stream.socket, reader, acceptor)
+            with trio.CancelScope() as scope:
+                self._pending_scopes[ticket.number] = scope
+                reader = FrameReader(stream.socket, handshake.HANDSHAKE_FRAME_BYTES_MAX)
+                acceptor = handshake.AcceptorHandshake(
+                    config.roster,
+                    config.me,
+                    config.signing_key,
+                    self._context.incarnation,
+                    suites=config.suites,
+                )
+                with trio.move_on_after(config.handshake_timeout_s):
+                    return reader, await handshake.accept(
+                        stream.socket, reader, acceptor, config.hello_timeout_s
+                    )
+                self._faults.record(
+                    FaultKind.HANDSHAKE_TIMEOUT,
+                    UNKNOWN_PEER,
+                    f"no handshake within {config.handshake_timeout_s} s",
+                    where,
+                )
+        except trio.TooSlowError:
             self._faults.record(
                 FaultKind.HANDSHAKE_TIMEOUT,
                 UNKNOWN_PEER,
-                f"no handshake within {self._config.handshake_timeout_s} s",
+                f"no HELLO within {config.hello_timeout_s} s",
                 where,
             )
         except handshake.HandshakeError as error:
@@ -118,7 +162,8 @@ class InboundLinks:
         except CONNECTION_ERRORS as error:
             log.debug("node %d: connection from %s ended in handshake: %r", self._me, where, error)
         finally:
-            self.handshakes_pending -= 1
+            self._pending_scopes.pop(ticket.number, None)
+            self._admission.release(ticket)
         return None
 
     async def _run_session(
@@ -140,6 +185,10 @@ class InboundLinks:
                     await self._receive_loop(stream, reader, secrets, state)
         except CONNECTION_ERRORS as error:
             log.debug("node %d: link from peer %d closed: %r", self._me, peer, error)
+        except KeyExhausted:
+            log.info(
+                "node %d: link from peer %d used up its keys; it will reconnect", self._me, peer
+            )
         except (FramingError, FrameRejected) as error:
             self._faults.record(error.kind, peer, error.detail, where)
         finally:
@@ -164,18 +213,19 @@ class InboundLinks:
         state: _PeerInbound,
     ) -> None:
         peer = secrets.peer
-        authenticator = FrameAuthenticator(secrets.send_key)
-        verifier = FrameVerifier(secrets.receive_key)
-        reader.frame_bytes_max = self._config.frame_bytes_max
+        config = self._config
+        sealer = FrameSealer(secrets.suite, secrets.send_key, config.link_bytes_max)
+        opener = FrameOpener(secrets.suite, secrets.receive_key, config.link_bytes_max)
+        reader.frame_bytes_max = config.frame_bytes_max
         acked_seq = state.delivered_seq
-        await send_buffers(stream.socket, (authenticator.ack_frame(acked_seq),))
+        await send_buffers(stream.socket, (sealer.ack_frame(acked_seq),))
         while True:
-            kind, seq, payload = verifier.open(await reader.receive_frame())
+            # Opening decrypts out of the reused read buffer: the one copy of a message.
+            kind, seq, payload = opener.open(await reader.receive_frame())
             if kind != KIND_DATA:
                 raise FrameRejected(FaultKind.FRAME_MALFORMED, "an ACK frame on a data link")
             if seq == state.delivered_seq + 1:
-                # The one copy out of the reused read buffer; the message outlives it.
-                await self._queue.put(peer, bytes(payload))
+                await self._queue.put(peer, payload)
                 state.delivered_seq = seq
                 self._counters.on_received(peer, len(payload))
             elif seq > state.delivered_seq + 1:
@@ -189,11 +239,18 @@ class InboundLinks:
                 unacked >= self._config.ack_every_messages or not reader.has_buffered_frame()
             ):
                 acked_seq = state.delivered_seq
-                await send_buffers(stream.socket, (authenticator.ack_frame(acked_seq),))
+                await send_buffers(stream.socket, (sealer.ack_frame(acked_seq),))
 
     @property
     def _me(self) -> int:
         return self._config.me
+
+
+def _remote_host(stream: trio.SocketStream) -> str:
+    try:
+        return str(stream.socket.getpeername()[0])
+    except (OSError, ValueError, IndexError):
+        return "unknown"
 
 
 def _remote_address(stream: trio.SocketStream) -> str:

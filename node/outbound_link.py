@@ -6,10 +6,12 @@ dialer -> acceptor, cumulative ACKs flow back on the same connection.
 
 The link runs forever: dial, handshake (node/handshake.py), learn from the acceptor's
 first ACK how far it already got, then write the outbox while reading ACKs, until the
-connection breaks (one task seals frames, MACing large ones in a worker thread, while
-another writes the previous frame, so MAC and write overlap); then back off
-(exponential, with seeded jitter) and do it again. The outbox (node/outbox.py) keeps
-every message until acknowledged, so a reconnect resends exactly what the peer lacks.
+connection breaks (one task seals frames, encrypting large ones in a worker thread, while
+another writes the previous frame, so encryption and write overlap); then back off
+(exponential, with seeded jitter) and do it again. A connection whose key reaches its
+usage limit (node/frame_auth.py) is closed and redialed at once: fresh keys. The outbox
+(node/outbox.py) keeps every message until acknowledged, so a reconnect resends exactly
+what the peer lacks.
 """
 
 from __future__ import annotations
@@ -27,9 +29,10 @@ from node.frame_auth import (
     HEADER,
     KIND_ACK,
     TAG_BYTES,
-    FrameAuthenticator,
+    FrameOpener,
     FrameRejected,
-    FrameVerifier,
+    FrameSealer,
+    KeyExhausted,
 )
 from node.framing import (
     CONNECTION_ERRORS,
@@ -46,9 +49,9 @@ log = logging.getLogger("jungle.transport")
 #: the only frames an acceptor sends us after the handshake are ACKs
 _ACK_FRAME_BYTES: Final = HEADER.size + TAG_BYTES
 _ATTEMPTS_BEFORE_WARNING: Final = 5
-#: payloads at least this large are MACed in a worker thread, overlapping the previous
+#: payloads at least this large are sealed in a worker thread, overlapping the previous
 #: frame's write; below it the thread hand-off (~50 us) costs more than the overlap saves
-_THREAD_MAC_BYTES_MIN: Final = 256 * 1024
+_THREAD_SEAL_BYTES_MIN: Final = 256 * 1024
 #: (payload bytes, the frame's buffers for one scatter/gather write)
 _SealedFrame = tuple[int, tuple[bytes, bytes | memoryview, bytes]]
 
@@ -136,7 +139,7 @@ class OutboundLink:
         entry = self._config.roster.entry(self.peer)
         where = f"dialing {entry.address}"
         stream: trio.SocketStream | None = None
-        session: tuple[FrameReader, bytes, FrameVerifier] | None = None
+        session: tuple[FrameReader, FrameSealer, FrameOpener] | None = None
         authenticated = False
         try:
             with trio.move_on_after(self._config.handshake_timeout_s):
@@ -149,15 +152,17 @@ class OutboundLink:
                     self.peer,
                     self._context.incarnation,
                     self.outbox.acked_seq,
+                    suites=self._config.suites,
                 )
                 secrets = await handshake.dial(stream.socket, reader, dialer)
                 authenticated = True
                 self._context.peers.observe(self.peer, secrets.peer_incarnation, dialed=True)
                 reader.frame_bytes_max = _ACK_FRAME_BYTES
-                verifier = FrameVerifier(secrets.receive_key)
+                bytes_max = self._config.link_bytes_max
+                opener = FrameOpener(secrets.suite, secrets.receive_key, bytes_max)
                 # The acceptor's first ACK says how far it got: resend only the rest.
-                self._apply_ack(await self._receive_ack(reader, verifier))
-                session = reader, secrets.send_key, verifier
+                self._apply_ack(await self._receive_ack(reader, opener))
+                session = reader, FrameSealer(secrets.suite, secrets.send_key, bytes_max), opener
             if stream is None or session is None:
                 self._note_refusal(f"no handshake within {self._config.handshake_timeout_s} s")
                 return False
@@ -171,6 +176,11 @@ class OutboundLink:
         except CONNECTION_ERRORS as error:
             self._note_refusal(_describe(error))
             return authenticated
+        except KeyExhausted:
+            log.info(
+                "node %d: link to peer %d used up its keys; redialing", self._config.me, self.peer
+            )
+            return True
         finally:
             self._set_connected(False)
             self.outbox.rewind()
@@ -182,8 +192,8 @@ class OutboundLink:
         self,
         stream: trio.SocketStream,
         reader: FrameReader,
-        send_key: bytes,
-        verifier: FrameVerifier,
+        sealer: FrameSealer,
+        opener: FrameOpener,
     ) -> None:
         """Write the outbox and read ACKs until either side of the connection fails."""
         if self._failed_attempts >= _ATTEMPTS_BEFORE_WARNING:
@@ -196,18 +206,24 @@ class OutboundLink:
             async def until_failure(loop: Callable[[], Awaitable[None]]) -> None:
                 try:
                     await loop()
-                except (*CONNECTION_ERRORS, FramingError, FrameRejected, AckOutOfRange) as error:
+                except (
+                    *CONNECTION_ERRORS,
+                    FramingError,
+                    FrameRejected,
+                    AckOutOfRange,
+                    KeyExhausted,
+                ) as error:
                     failure.append(error)
                     nursery.cancel_scope.cancel()
 
-            # Seal (MAC) and write in two tasks, one frame apart: the MAC of a large frame
-            # (~0.7 ms per 4 MB) runs in a worker thread (BLAKE3 releases the GIL) while
-            # the previous frame is written, so the two overlap instead of adding up.
+            # Seal (encrypt) and write in two tasks, one frame apart: sealing a large frame
+            # (~0.8 ms per 4 MB) runs in a worker thread (OpenSSL releases the GIL) while
+            # the previous frame is written, so the two overlap instead of adding up. The
+            # channel holds no frame: the sealer's two buffers are one frame apart too.
             sealed_send, sealed_receive = trio.open_memory_channel[_SealedFrame](0)
-            authenticator = FrameAuthenticator(send_key)
-            nursery.start_soon(until_failure, partial(self._seal_loop, authenticator, sealed_send))
+            nursery.start_soon(until_failure, partial(self._seal_loop, sealer, sealed_send))
             nursery.start_soon(until_failure, partial(self._write_loop, stream, sealed_receive))
-            nursery.start_soon(until_failure, partial(self._ack_loop, reader, verifier))
+            nursery.start_soon(until_failure, partial(self._ack_loop, reader, opener))
         if failure:
             raise failure[0]
 
@@ -221,7 +237,7 @@ class OutboundLink:
 
     async def _seal_loop(
         self,
-        authenticator: FrameAuthenticator,
+        sealer: FrameSealer,
         sealed: trio.MemorySendChannel[_SealedFrame],
     ) -> None:
         while True:
@@ -232,23 +248,25 @@ class OutboundLink:
             if entry.release_at > trio.current_time():
                 await trio.sleep_until(entry.release_at)
                 continue
+            if not sealer.can_seal(len(entry.data)):
+                raise KeyExhausted("this connection's key is used up")  # redial: new keys
             # In flight from here: a connection that breaks now resends it (rewind).
             entry = self.outbox.take_unsent()
-            if len(entry.data) >= _THREAD_MAC_BYTES_MIN:
-                # Abandoning on cancel is safe: the authenticator dies with the connection.
+            if len(entry.data) >= _THREAD_SEAL_BYTES_MIN:
+                # Abandoning on cancel is safe: the sealer dies with the connection.
                 buffers = await trio.to_thread.run_sync(
-                    authenticator.data_frame, entry.seq, entry.data, abandon_on_cancel=True
+                    sealer.data_frame, entry.seq, entry.data, abandon_on_cancel=True
                 )
             else:
-                buffers = authenticator.data_frame(entry.seq, entry.data)
+                buffers = sealer.data_frame(entry.seq, entry.data)
             await sealed.send((len(entry.data), buffers))
 
-    async def _ack_loop(self, reader: FrameReader, verifier: FrameVerifier) -> None:
+    async def _ack_loop(self, reader: FrameReader, opener: FrameOpener) -> None:
         while True:
-            self._apply_ack(await self._receive_ack(reader, verifier))
+            self._apply_ack(await self._receive_ack(reader, opener))
 
-    async def _receive_ack(self, reader: FrameReader, verifier: FrameVerifier) -> int:
-        kind, seq, payload = verifier.open(await reader.receive_frame())
+    async def _receive_ack(self, reader: FrameReader, opener: FrameOpener) -> int:
+        kind, seq, payload = opener.open(await reader.receive_frame())
         if kind != KIND_ACK or len(payload):
             raise FrameRejected(FaultKind.FRAME_MALFORMED, "expected an ACK frame")
         return seq

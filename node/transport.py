@@ -4,10 +4,13 @@ Shape (see each module for the why):
 
 - ``node/framing.py``: length-prefixed frames, large ``recv_into`` into reused buffers,
   scatter/gather writes;
+- ``node/admission.py``: who may hold a pending handshake (room reserved for the roster,
+  caps and a rate limit per source, the oldest evicted first);
 - ``node/handshake.py``: mutual ed25519 authentication bound to the roster and session id,
-  X25519 ephemerals, two directional MAC keys;
-- ``node/frame_auth.py``: every later frame carries a keyed-BLAKE3 tag over an implicit
-  counter, so tampered, replayed or foreign frames are refused;
+  X25519 ephemerals, the frame suite, two directional keys;
+- ``node/frame_auth.py``: every later frame is encrypted and authenticated (AES-256-GCM or
+  ChaCha20-Poly1305) under an implicit counter, so an observer learns sizes and timing
+  only, and tampered, replayed or foreign frames are refused;
 - ``node/outbound_link.py`` / ``node/inbound_link.py``: one TCP connection per ordered
   pair, DATA one way and cumulative ACKs the other, reconnect with backoff, resend of
   what was not acknowledged, per-peer dedup by sequence number;
@@ -21,6 +24,7 @@ raises, as :class:`TransportError`.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -165,6 +169,7 @@ async def open_tcp_transport(
         port = entry.port if config.listen_port is None else config.listen_port
         listeners = await trio.open_tcp_listeners(port, host=host)
     listen_port = listeners[0].socket.getsockname()[1]
+    roster_hosts = await _roster_addresses(config)
     context = LinkContext(config)
     faults = FaultLog(config.me)
     counters = TrafficCounters()
@@ -174,7 +179,7 @@ async def open_tcp_transport(
         for peer in range(config.roster.n)
         if peer != config.me
     }
-    inbound = InboundLinks(context, faults, counters, queue)
+    inbound = InboundLinks(context, faults, counters, queue, roster_hosts)
 
     def peer_restarted(peer: int, dialed: bool) -> None:
         log.info("node %d: peer %d restarted (new incarnation)", config.me, peer)
@@ -198,3 +203,28 @@ async def open_tcp_transport(
     finally:
         for listener in listeners:
             await trio.aclose_forcefully(listener)
+
+
+#: how long start-up waits for the roster's host names to resolve (best effort)
+_RESOLVE_TIMEOUT_S = 2.0
+
+
+async def _roster_addresses(config: TransportConfig) -> frozenset[str]:
+    """The IP addresses of our peers' roster entries (host names resolved once, best
+    effort): connections from them get the handshake room reserved for the roster."""
+    hosts: set[str] = set()
+    for entry in config.roster.nodes:
+        if entry.id == config.me:
+            continue
+        try:
+            ipaddress.ip_address(entry.host)
+        except ValueError:
+            with trio.move_on_after(_RESOLVE_TIMEOUT_S):
+                try:
+                    for *_, sockaddr in await trio.socket.getaddrinfo(entry.host, None):
+                        hosts.add(str(sockaddr[0]))
+                except OSError as error:
+                    log.info("cannot resolve roster host %s: %s", entry.host, error)
+            continue
+        hosts.add(entry.host)
+    return frozenset(hosts)

@@ -34,7 +34,8 @@ class FaultKind(StrEnum):
     UNKNOWN_KEY = "unknown_key"  # dialer's key is not in the roster
     WRONG_SESSION = "wrong_session"  # different session id (label, keys or addresses)
     WRONG_PEER = "wrong_peer"  # dialer meant to reach another node id
-    TOO_MANY_HANDSHAKES = "too_many_handshakes"  # over handshakes_pending_max
+    HANDSHAKE_EVICTED = "handshake_evicted"  # a newer connection took its pending slot
+    RATE_LIMITED = "rate_limited"  # over handshakes_per_source_per_s
     # on an authenticated link (charged to the peer)
     BAD_MAC = "bad_mac"  # tampered, replayed, reordered or foreign frame
     FRAME_MALFORMED = "frame_malformed"

@@ -6,9 +6,11 @@ Whatever the settings, a node of an n-node roster holds at most about
     (n-1) * queue_bytes_max                      unacknowledged outgoing messages
   + receive_queue_bytes_max + (n-1) * frame_bytes_max   received, not yet consumed
   + (n-1) * (frame_bytes_max + 64 KiB)           one reused read buffer per inbound link
-  + handshakes_pending_max * 4 KiB               connections not yet authenticated
+  + (n-1) * 2 * frame_bytes_max                  two reused sealing buffers per outbound link
+  + (handshakes_pending_max + handshakes_reserved_for_roster) * 4 KiB
+                                                 connections not yet authenticated
 
-and nothing a peer sends before it authenticates can grow any of these.
+and nothing a peer sends before it authenticates can grow any of these (node/admission.py).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from typing import Final
 
 import nacl.signing
 
-from node.frame_auth import DATA_BODY_OVERHEAD_BYTES
+from node.frame_auth import DATA_BODY_OVERHEAD_BYTES, SUITE_NAMES
 from node.handshake import INCARNATION_BYTES
 from node.roster import Roster
 
@@ -57,11 +59,20 @@ class TransportConfig:
     backoff_s_max: float = 5.0
     #: connecting plus the whole handshake must finish within this, else the link is dropped
     handshake_timeout_s: float = 10.0
+    #: an accepted connection must send its HELLO within this (strangers hold no slot long)
+    hello_timeout_s: float = 1.0
     #: a peer that vanished without closing (power loss) is noticed within about this
     #: (TCP keepalive and TCP_USER_TIMEOUT); a peer that restarts is noticed at once
     dead_peer_timeout_s: float = 30.0
-    #: inbound connections allowed to be mid-handshake at once; more are closed at once
+    #: inbound connections from outside the roster's addresses allowed to be mid-handshake
+    #: at once; a newer one evicts the oldest (node/admission.py)
     handshakes_pending_max: int = 64
+    #: slots kept for connections from the roster's own addresses
+    handshakes_reserved_for_roster: int = 16
+    #: slots one source (IPv4 address, IPv6 /64) may hold in a pool; its newest evicts its oldest
+    handshakes_per_source_max: int = 8
+    #: new connections a second from one source outside the roster (burst: as many)
+    handshakes_per_source_per_s: float = 20.0
     #: a receiver acknowledges at least every this many messages (and whenever it is idle)
     ack_every_messages: int = 16
     #: seeds the reconnect jitter (derived per peer), so runs are reproducible
@@ -69,6 +80,12 @@ class TransportConfig:
     #: optional injected delay per (dst, seq, size_bytes): a message is not written before
     #: enqueue time + delay (links stay FIFO). Used by the simulator's process mode.
     send_delay_s: Callable[[int, int, int], float] | None = None
+    #: frame suites offered and accepted, preferred first (node/frame_auth.py); None: the
+    #: encrypting ones, fastest first on this CPU. ``blake3-mac`` (integrity, no secrecy)
+    #: only if listed here: benchmarks and tests that must see plaintext.
+    suites: tuple[int, ...] | None = None
+    #: payload bytes one key seals per direction before the link reconnects (fresh keys)
+    link_bytes_max: int = 2**36
 
     def __post_init__(self) -> None:
         problems = []
@@ -78,15 +95,30 @@ class TransportConfig:
             problems.append(f"the signing key is not node {self.me}'s key in the roster")
         if self.frame_bytes_max <= DATA_BODY_OVERHEAD_BYTES:
             problems.append("frame_bytes_max is too small to carry any message")
-        for name in ("queue_bytes_max", "receive_queue_bytes_max", "handshakes_pending_max"):
+        for name in (
+            "queue_bytes_max",
+            "receive_queue_bytes_max",
+            "handshakes_pending_max",
+            "handshakes_reserved_for_roster",
+            "handshakes_per_source_max",
+            "link_bytes_max",
+        ):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be positive")
+        if not self.handshakes_per_source_per_s > 0:
+            problems.append("handshakes_per_source_per_s must be positive")
+        if self.suites is not None and (
+            not self.suites or any(suite not in SUITE_NAMES for suite in self.suites)
+        ):
+            problems.append(f"suites must name known frame suites, got {self.suites}")
         if self.ack_every_messages < 1:
             problems.append("ack_every_messages must be positive")
         if not 0 < self.backoff_s_min <= self.backoff_s_max:
             problems.append("need 0 < backoff_s_min <= backoff_s_max")
-        if self.handshake_timeout_s <= 0 or self.dead_peer_timeout_s <= 0:
-            problems.append("handshake_timeout_s and dead_peer_timeout_s must be positive")
+        if min(self.handshake_timeout_s, self.dead_peer_timeout_s, self.hello_timeout_s) <= 0:
+            problems.append(
+                "handshake_timeout_s, hello_timeout_s and dead_peer_timeout_s must be positive"
+            )
         if problems:
             raise ValueError("; ".join(problems))
 

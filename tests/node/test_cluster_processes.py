@@ -29,7 +29,7 @@ import trio
 
 from node import handshake
 from node.checkpoint import CheckpointStore
-from node.frame_auth import FrameAuthenticator
+from node.frame_auth import FrameSealer
 from node.framing import LENGTH, FrameReader, StreamClosed, send_buffers
 from node.keys import load_signing_key
 from node.roster import Roster, RosterEntry, load_roster
@@ -273,12 +273,12 @@ async def attacks(
         recorded = []
         async with link.stream:
             for seq, payload in enumerate((garbage, forged_send), 1):
-                buffers = link.authenticator.data_frame(seq, payload)
+                buffers = link.sealer.data_frame(seq, payload)
                 recorded.append(b"".join(bytes(buffer) for buffer in buffers))
                 await link.send_raw(recorded[-1])
             acked = 0
             while acked < 2:  # delivered: closing earlier could reset the connection first
-                _kind, acked, _ = link.verifier.open(await link.reader.receive_frame())
+                _kind, acked, _ = link.opener.open(await link.reader.receive_frame())
         link = await dial_as(port, roster, key, 0, incarnation=b"\x08" * 16, seq_base=2)
         async with link.stream:
             await link.send_raw(b"".join(recorded))
@@ -299,11 +299,11 @@ def frames_from_another_session(key: nacl.signing.SigningKey, payloads: list[byt
     acceptor = handshake.AcceptorHandshake(roster, 0, other_keys[0], bytes(16))
     confirm, secrets = dialer.on_accept(acceptor.on_hello(dialer.hello()))
     acceptor.on_confirm(confirm)
-    authenticator = FrameAuthenticator(secrets.send_key)
+    sealer = FrameSealer(secrets.suite, secrets.send_key)
     return b"".join(
         bytes(buffer)
         for seq, payload in enumerate(payloads, 1)
-        for buffer in authenticator.data_frame(seq, payload)
+        for buffer in sealer.data_frame(seq, payload)
     )
 
 

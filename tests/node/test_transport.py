@@ -10,7 +10,15 @@ import struct
 import pytest
 import trio
 
-from node.frame_auth import KIND_ACK, KIND_DATA, FrameAuthenticator, FrameRejected, FrameVerifier
+from node.frame_auth import (
+    KIND_ACK,
+    KIND_DATA,
+    SUITES,
+    FrameOpener,
+    FrameRejected,
+    FrameSealer,
+    KeyExhausted,
+)
 from node.framing import (
     THREAD_SEND_BYTES_MIN,
     FrameReader,
@@ -57,30 +65,57 @@ def _body(frame: tuple[bytes, bytes | memoryview, bytes] | bytes) -> memoryview:
     return memoryview(raw)[4:]
 
 
-def test_frames_round_trip_and_any_change_is_refused() -> None:
+@pytest.mark.parametrize("suite", sorted(SUITES.values()))
+def test_frames_round_trip_and_any_change_is_refused(suite: int) -> None:
     key = bytes(range(32))
-    sender, receiver = FrameAuthenticator(key), FrameVerifier(key)
+    sender, receiver = FrameSealer(suite, key), FrameOpener(suite, key)
+    big = bytes(range(256)) * 1024  # sealed into the reused buffers
     first = _body(sender.data_frame(1, b"hello"))
     kind, seq, payload = receiver.open(first)
-    assert (kind, seq, bytes(payload)) == (KIND_DATA, 1, b"hello")
+    assert (kind, seq, payload) == (KIND_DATA, 1, b"hello")
     assert receiver.open(_body(sender.ack_frame(9)))[:2] == (KIND_ACK, 9)
+    assert receiver.open(_body(sender.data_frame(2, big)))[2] == big
 
     with pytest.raises(FrameRejected) as error:  # replayed: the counter has moved on
         receiver.open(first)
     assert error.value.kind == "bad_mac"
 
-    tampered = bytearray(_body(FrameAuthenticator(key).data_frame(1, b"hello")))
-    tampered[10] ^= 1
-    with pytest.raises(FrameRejected, match="authentication") as error:
-        FrameVerifier(key).open(memoryview(tampered))
-    assert error.value.kind == "bad_mac"
+    for offset in (0, 4, 10, 20):  # the header (associated data), the payload, the tag
+        tampered = bytearray(_body(FrameSealer(suite, key).data_frame(1, b"hello-hello")))
+        tampered[offset] ^= 1
+        with pytest.raises(FrameRejected, match="authentication") as error:
+            FrameOpener(suite, key).open(memoryview(tampered))
+        assert error.value.kind == "bad_mac"
 
-    other_key = FrameVerifier(bytes(32))
+    other_key = FrameOpener(suite, bytes(32))
     with pytest.raises(FrameRejected):
-        other_key.open(_body(FrameAuthenticator(key).data_frame(1, b"hello")))
+        other_key.open(_body(FrameSealer(suite, key).data_frame(1, b"hello")))
     with pytest.raises(FrameRejected) as error:
-        FrameVerifier(key).open(memoryview(b"short"))
+        FrameOpener(suite, key).open(memoryview(b"short"))
     assert error.value.kind == "frame_malformed"
+
+
+@pytest.mark.parametrize("suite", [SUITES["aes-256-gcm"], SUITES["chacha20-poly1305"]])
+def test_encrypting_suites_hide_the_payload(suite: int) -> None:
+    payload = b"the secret gradient " * 100
+    body = bytes(_body(FrameSealer(suite, bytes(range(32))).data_frame(1, payload)))
+    assert payload[:20] not in body
+    # the same payload under the next counter looks different: nonces never repeat
+    sealer = FrameSealer(suite, bytes(range(32)))
+    assert _body(sealer.data_frame(1, payload)) != _body(sealer.data_frame(1, payload))
+
+
+def test_a_key_past_its_usage_limit_seals_nothing_and_opens_nothing() -> None:
+    suite, key = SUITES["aes-256-gcm"], bytes(range(32))
+    sender, receiver = FrameSealer(suite, key, bytes_max=10), FrameOpener(suite, key, bytes_max=10)
+    receiver.open(_body(sender.data_frame(1, b"0123456789")))
+    assert not sender.can_seal(1)
+    with pytest.raises(KeyExhausted):
+        sender.data_frame(2, b"x")
+    late = FrameSealer(suite, key, bytes_max=100)
+    late.data_frame(1, b"0123456789")
+    with pytest.raises(FrameRejected, match="usage limits"):
+        receiver.open(_body(late.data_frame(2, b"x")))
 
 
 # -- framing over a real TCP connection ---------------------------------------------------

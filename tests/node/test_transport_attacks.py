@@ -33,7 +33,7 @@ from tests.node.transport_helpers import (
 UNKNOWN = -1
 #: what a dialer sees when the node hangs up on it during the handshake
 REFUSED = (StreamClosed, OSError)
-HELLO_FRAME_BYTES = 4 + 133
+HELLO_FRAME_BYTES = 4 + 134
 CONFIRM_FRAME_BYTES = 4 + 65
 
 
@@ -209,10 +209,13 @@ async def test_a_tampered_frame_is_refused_and_the_message_resent() -> None:
         nursery.cancel_scope.cancel()
 
 
-async def test_silent_and_surplus_connections_are_cut() -> None:
+async def test_silent_connections_are_cut_and_the_oldest_makes_room() -> None:
     async with open_cluster(3, running=[1], handshake_timeout_s=30) as cluster:
         quick = with_overrides(
-            cluster.configs[0], handshake_timeout_s=0.2, handshakes_pending_max=2
+            cluster.configs[0],
+            hello_timeout_s=0.3,
+            handshakes_pending_max=2,
+            handshakes_reserved_for_roster=2,  # this test dials from the roster's address
         )
         await cluster.start(0, quick)
         with trio.fail_after(10):
@@ -220,9 +223,11 @@ async def test_silent_and_surplus_connections_are_cut() -> None:
             # No event to wait on inside a live node: poll its counter (real sockets).
             while cluster[0].handshakes_pending < 2:  # noqa: ASYNC110
                 await trio.sleep(0.001)
-            await attack_raw(cluster, b"")  # a third one while two are pending
-            assert faults(cluster) == {"too_many_handshakes": {UNKNOWN: 1}}
-            for stream in idle:  # silent: dropped at the handshake deadline
+            newest = await trio.open_tcp_stream(HOST, target_port(cluster))
+            async with idle[0]:  # full: the oldest pending handshake makes room
+                await wait_closed_by_peer(idle[0])
+            assert faults(cluster) == {"handshake_evicted": {UNKNOWN: 1}}
+            for stream in (idle[1], newest):  # silent: dropped at the HELLO deadline
                 async with stream:
                     await wait_closed_by_peer(stream)
             assert faults(cluster)["handshake_timeout"] == {UNKNOWN: 2}
@@ -274,5 +279,6 @@ async def test_memory_stays_bounded_under_a_garbage_flood() -> None:
     growth_mib = (peak_bytes - baseline_bytes) / 2**20
     print(f"flood: {connections} connections, {counted} faults, peak growth {growth_mib:.2f} MiB")
     assert counted >= connections // 2
-    assert set(kinds) <= {"frame_oversize", "handshake_malformed", "handshake_timeout"}
+    allowed = {"frame_oversize", "handshake_malformed", "handshake_timeout", "handshake_evicted"}
+    assert set(kinds) <= allowed, kinds
     assert growth_mib < 8, f"traced memory grew by {growth_mib:.1f} MiB under the flood"

@@ -15,7 +15,7 @@ import nacl.signing
 import trio
 
 from node import handshake
-from node.frame_auth import FrameAuthenticator, FrameVerifier
+from node.frame_auth import FrameOpener, FrameSealer
 from node.framing import FrameReader, send_buffers
 from node.roster import Roster, RosterEntry
 from node.transport import TcpTransport, TransportConfig, open_tcp_transport
@@ -234,14 +234,14 @@ class ByzantineLink:
 
     stream: trio.SocketStream
     reader: FrameReader
-    authenticator: FrameAuthenticator
-    verifier: FrameVerifier
+    sealer: FrameSealer
+    opener: FrameOpener
     first_ack: int
     _seq: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
 
     async def send_data(self, payload: bytes, seq: int | None = None) -> None:
         seq = next(self._seq) if seq is None else seq
-        await send_buffers(self.stream.socket, self.authenticator.data_frame(seq, payload))
+        await send_buffers(self.stream.socket, self.sealer.data_frame(seq, payload))
 
     async def send_raw(self, data: bytes) -> None:
         await self.stream.send_all(data)
@@ -262,12 +262,13 @@ async def dial_as(
         reader = FrameReader(stream.socket, 1024)
         dialer = handshake.DialerHandshake(roster, key, to_id, incarnation, seq_base)
         secrets = await handshake.dial(stream.socket, reader, dialer)
-        verifier = FrameVerifier(secrets.receive_key)
-        _kind, first_ack, _payload = verifier.open(await reader.receive_frame())
+        opener = FrameOpener(secrets.suite, secrets.receive_key)
+        _kind, first_ack, _payload = opener.open(await reader.receive_frame())
     except BaseException:
         await trio.aclose_forcefully(stream)
         raise
-    return ByzantineLink(stream, reader, FrameAuthenticator(secrets.send_key), verifier, first_ack)
+    sealer = FrameSealer(secrets.suite, secrets.send_key)
+    return ByzantineLink(stream, reader, sealer, opener, first_ack)
 
 
 async def wait_closed_by_peer(stream: trio.SocketStream) -> None:
