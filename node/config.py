@@ -145,7 +145,12 @@ class TransportSettings:
     backoff_s_min: float | None = None
     backoff_s_max: float | None = None
     handshake_timeout_s: float | None = None
+    hello_timeout_s: float | None = None
     handshakes_pending_max: int | None = None
+    handshakes_reserved_for_roster: int | None = None
+    handshakes_per_source_max: int | None = None
+    handshakes_per_source_per_s: float | None = None
+    link_bytes_max: int | None = None
     ack_every_messages: int | None = None
     #: TESTING AND RESEARCH: a delay held before each message is sent (the simulator's
     #: ``--mode process`` injects its link delays here). A ``sim.delays`` spec (seconds, a
