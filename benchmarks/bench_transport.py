@@ -47,6 +47,7 @@ from node import handshake
 from node.frame_auth import SUITES
 from node.roster import Roster, RosterEntry, dump_roster, new_nonce, parse_roster
 from node.transport import TransportConfig, open_tcp_transport
+from node.transport_config import TransportSettings
 
 _LENGTH = struct.Struct("<I")
 _GB = 1e9
@@ -108,7 +109,7 @@ async def _transport_node_async(
         me,
         _key(me),
         roster,
-        queue_bytes_max=(messages + warmup + 1) * size_bytes,
+        settings=TransportSettings(queue_bytes_max=(messages + warmup + 1) * size_bytes),
         suites=(suite,),
     )
     payload = os.urandom(size_bytes)
@@ -324,7 +325,8 @@ async def _flooded_node_async(pipe: Connection, flood_s: float) -> None:
         ),
         new_nonce(),
     )
-    config = TransportConfig(0, _key(0), roster, handshake_timeout_s=1.0, backoff_s_max=1.0)
+    settings = TransportSettings(handshake_timeout_s=1.0, backoff_s_max=1.0)
+    config = TransportConfig(0, _key(0), roster, settings=settings)
     async with open_tcp_transport(config, listeners=listeners) as transport:
         await trio.sleep(0.5)
         idle_rss = _rss_bytes()

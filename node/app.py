@@ -121,7 +121,7 @@ class NodeApp:
                 StrategyContext.from_config(
                     prepared.protocol_config,
                     scheme,
-                    strategy_rng(self._config.task.seed, self._me),
+                    strategy_rng(self._config.node.seed, self._me),
                     lambda: core.current_step,
                     num_classes=prepared.num_classes,
                 )
@@ -167,15 +167,15 @@ class NodeApp:
             return None
 
     async def _run_learning(self, core: NodeCore, transport: TcpTransport) -> None:
-        prepared, node = self._prepared, self._config.node
+        prepared, node, run = self._prepared, self._config.node, self._config.run
         strategy = prepared.strategy
         runner = Runner(
             core,
             transport,
             DivergenceGuard(prepared.trainer),
-            steps=node.steps,
+            steps=run.steps,
             start_step=prepared.start_step,
-            eval_every=node.eval_every,
+            eval_every=run.eval_every,
             clock=time.time,
             journal=prepared.journal,
             rejoin=bool(prepared.restored),
@@ -195,7 +195,7 @@ class NodeApp:
             session_id=prepared.roster.session_id.hex(),
             n=prepared.roster.n,
             start_step=prepared.start_step,
-            steps=node.steps,
+            steps=run.steps,
             resumed=prepared.start_step > 0,
             dim=prepared.trainer.dim,
             listen_port=transport.listen_port,
@@ -210,7 +210,7 @@ class NodeApp:
             nursery.start_soon(self._watch_stalls)
             with self._run_scope:
                 await self._wait_for_peers(transport)
-                await runner.run(self._receive, node.tick_interval_s, node.linger_s)
+                await runner.run(self._receive, run.tick_interval_s, node.linger_s)
                 log.info(
                     "finished %d steps in %.1f s; last test accuracy %s",
                     runner.step,
@@ -227,7 +227,7 @@ class NodeApp:
         skip the first steps."""
         wait_s = self._config.node.wait_for_peers_s
         peers = self._prepared.roster.n - 1
-        if wait_s <= 0 or self._prepared.start_step >= self._config.node.steps:
+        if wait_s <= 0 or self._prepared.start_step >= self._config.run.steps:
             return
         with trio.move_on_after(wait_s):
             await transport.wait_connected()
@@ -364,7 +364,7 @@ class NodeApp:
             elapsed_s=round(now_s - self._started_s, 6),
         )
         self._last_step_s = now_s
-        steps = self._config.node.steps
+        steps = self._config.run.steps
         if record.test_accuracy is not None or record.step == 0:
             log.info(
                 "step %d/%d: train loss %s, test loss %s, accuracy %s; %d/%d peers, "
@@ -384,7 +384,7 @@ class NodeApp:
 
     def _on_step_end(self, next_step: int) -> None:
         node = self._config.node
-        if next_step % node.checkpoint_every == 0 or next_step >= node.steps:
+        if next_step % node.checkpoint_every == 0 or next_step >= self._config.run.steps:
             self._save_checkpoint(next_step)
         strategy = self._prepared.strategy
         if strategy is not None and strategy.crashed(next_step):
@@ -428,7 +428,7 @@ class NodeApp:
         self._progress.show(
             Progress(
                 step=self._runner.step,
-                steps=self._config.node.steps,
+                steps=self._config.run.steps,
                 accuracy=self._accuracy,
                 peers_connected=len(self._transport.peers_connected()),
                 peers=self._prepared.roster.n - 1,

@@ -23,7 +23,7 @@ import sys
 from collections.abc import Sequence
 from importlib import metadata
 from pathlib import Path
-from typing import IO, Any, Final
+from typing import IO, Final
 
 from node.keys import KeyFileError, decode_public_key, generate_key, load_signing_key
 from node.roster import (
@@ -50,35 +50,6 @@ examples (a 4-node cluster on one machine; see docs/operators.md for several mac
   jungle node node.toml --id 0 --key keys/node0.key     # and likewise for ids 1, 2, 3
 """
 
-#: ``jungle node`` flags: (flag, config key, type, metavar, help)
-_NODE_FLAGS: Final[tuple[tuple[str, str, Any, str, str], ...]] = (
-    ("--id", "node.id", int, "ID", "this node's id in the roster"),
-    ("--key", "node.key_file", str, "PATH", "this node's key file (from `jungle keygen`)"),
-    ("--roster", "node.roster", str, "PATH", "the roster TOML"),
-    ("--listen", "node.listen", str, "HOST:PORT", "where to listen (default: roster address)"),
-    ("--f", "node.f", int, "F", "Byzantine nodes tolerated (same on every node)"),
-    ("--steps", "node.steps", int, "N", "learning steps to run"),
-    ("--eval-every", "node.eval_every", int, "K", "evaluate on the test set every K steps"),
-    ("--checkpoint-dir", "node.checkpoint_dir", str, "DIR", "checkpoint folder (resume)"),
-    ("--checkpoint-every", "node.checkpoint_every", int, "K", "checkpoint every K steps"),
-    ("--metrics", "node.metrics_file", str, "PATH", "JSONL metrics file (appended to)"),
-    ("--log-level", "node.log_level", str, "LEVEL", "DEBUG, INFO, WARNING or ERROR"),
-    ("--wait-for-peers", "node.wait_for_peers_s", float, "SECONDS", "wait for peers at start"),
-    ("--linger", "node.linger_s", float, "SECONDS", "serve peers this long after the last step"),
-    ("--aggregator", "protocol.aggregator", str, "NAME", "trimmed_mean, median, mda or mean"),
-    ("--gradient-rounds", "protocol.gradient_rounds", str, "R", '"log2" or a number of rounds'),
-    ("--model-rounds", "protocol.model_rounds", int, "R", "model agreement rounds (0: none)"),
-    ("--task", "task.name", str, "NAME", "digits-mlp, digits-cnn, synthetic or module:function"),
-    ("--seed", "task.seed", int, "SEED", "task seed: split, model, partition (same everywhere)"),
-    ("--partition", "task.partition", str, "SCHEME", "iid, dirichlet or shards"),
-    ("--alpha", "task.alpha", float, "ALPHA", "Dirichlet concentration (smaller: more skew)"),
-    ("--part", "task.part", int, "I", "which part of the train set to use (default: the id)"),
-    ("--parts", "task.parts", int, "P", "parts the train set is cut into (default: n)"),
-    ("--lr", "training.lr", float, "LR", "learning rate"),
-    ("--momentum", "training.momentum", float, "BETA", "worker momentum (EMA beta; 0: none)"),
-    ("--batch-size", "training.batch_size", int, "B", "mini-batch size"),
-)
-
 _EPILOG_NODE = """\
 examples:
   jungle node node.toml --id 2 --key keys/node2.key
@@ -86,8 +57,9 @@ examples:
   jungle node --roster roster.toml --id 0 --key keys/node0.key --f 1 --steps 200 \\
       --metrics metrics/node0.jsonl --checkpoint-dir ckpt/
 
-Flags override the config file key by key. Start-up refuses impossible settings (n < 3f+1,
-an id or key not in the roster, missing files, bad values) with one line each, exit 2.
+Every setting has a flag (below, by table), which overrides the config file key by key.
+Start-up refuses impossible settings (n < 3f+1, an id or key not in the roster, missing
+files, bad values) with one line each, exit 2.
 --byzantine SPEC makes this node MISBEHAVE (testing/research only), e.g. --byzantine silent,
 --byzantine garbage, --byzantine '{"name": "alie", "z": 1.5}'.
 """
@@ -165,16 +137,11 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     node.add_argument("config", metavar="CONFIG.toml", nargs="?", type=Path)
-    for flag, key, kind, metavar, text in _NODE_FLAGS:
-        node.add_argument(flag, dest=key, type=kind, default=None, metavar=metavar, help=text)
-    node.add_argument(
-        "--byzantine",
-        dest="byzantine.strategy",
-        default=None,
-        metavar="SPEC",
-        help="MISBEHAVE with this strategy (testing/research only): a name or JSON",
-    )
     node.add_argument("--check", action="store_true", help="check everything, then exit")
+    from node.config import NODE_TABLES
+    from node.schema import add_flags
+
+    add_flags(node, NODE_TABLES)  # one flag per setting, from its declaration
     node.set_defaults(command="node", handler=_node)
 
     commands.add_parser(

@@ -74,10 +74,10 @@ class InboundLinks:
         config = self._config
         self._admission = Admission(
             roster_hosts,
-            strangers_max=config.handshakes_pending_max,
-            roster_max=config.handshakes_reserved_for_roster,
-            per_source_max=config.handshakes_per_source_max,
-            rate_per_s=config.handshakes_per_source_per_s,
+            strangers_max=config.settings.handshakes_pending_max,
+            roster_max=config.settings.handshakes_reserved_for_roster,
+            per_source_max=config.settings.handshakes_per_source_max,
+            rate_per_s=config.settings.handshakes_per_source_per_s,
         )
         self._pending_scopes: dict[int, trio.CancelScope] = {}
 
@@ -96,7 +96,7 @@ class InboundLinks:
         is someone's fault, counted.
         """
         where = _remote_address(stream)
-        configure_socket(stream.socket, self._config.dead_peer_timeout_s)
+        configure_socket(stream.socket, self._config.settings.dead_peer_timeout_s)
         try:
             accepted = await self._accept(stream, where)
             if accepted is not None:
@@ -121,8 +121,8 @@ class InboundLinks:
             self._faults.record(
                 FaultKind.RATE_LIMITED,
                 UNKNOWN_PEER,
-                f"more than {self._config.handshakes_per_source_per_s:g} connections a second "
-                "from this source; closed unread",
+                f"more than {self._config.settings.handshakes_per_source_per_s:g} connections "
+                "a second from this source; closed unread",
                 where,
             )
             return None
@@ -138,21 +138,21 @@ class InboundLinks:
                     self._context.incarnation,
                     suites=config.suites,
                 )
-                with trio.move_on_after(config.handshake_timeout_s):
+                with trio.move_on_after(config.settings.handshake_timeout_s):
                     return reader, await handshake.accept(
-                        stream.socket, reader, acceptor, config.hello_timeout_s
+                        stream.socket, reader, acceptor, config.settings.hello_timeout_s
                     )
                 self._faults.record(
                     FaultKind.HANDSHAKE_TIMEOUT,
                     UNKNOWN_PEER,
-                    f"no handshake within {config.handshake_timeout_s} s",
+                    f"no handshake within {config.settings.handshake_timeout_s} s",
                     where,
                 )
         except trio.TooSlowError:
             self._faults.record(
                 FaultKind.HANDSHAKE_TIMEOUT,
                 UNKNOWN_PEER,
-                f"no HELLO within {config.hello_timeout_s} s",
+                f"no HELLO within {config.settings.hello_timeout_s} s",
                 where,
             )
         except handshake.HandshakeError as error:
@@ -214,9 +214,9 @@ class InboundLinks:
     ) -> None:
         peer = secrets.peer
         config = self._config
-        sealer = FrameSealer(secrets.suite, secrets.send_key, config.link_bytes_max)
-        opener = FrameOpener(secrets.suite, secrets.receive_key, config.link_bytes_max)
-        reader.frame_bytes_max = config.frame_bytes_max
+        sealer = FrameSealer(secrets.suite, secrets.send_key, config.settings.link_bytes_max)
+        opener = FrameOpener(secrets.suite, secrets.receive_key, config.settings.link_bytes_max)
+        reader.frame_bytes_max = config.settings.frame_bytes_max
         acked_seq = state.delivered_seq
         await send_buffers(stream.socket, (sealer.ack_frame(acked_seq),))
         while True:
@@ -236,7 +236,8 @@ class InboundLinks:
             # else: a resend of a message already delivered; drop it
             unacked = state.delivered_seq - acked_seq
             if unacked and (
-                unacked >= self._config.ack_every_messages or not reader.has_buffered_frame()
+                unacked >= self._config.settings.ack_every_messages
+                or not reader.has_buffered_frame()
             ):
                 acked_seq = state.delivered_seq
                 await send_buffers(stream.socket, (sealer.ack_frame(acked_seq),))

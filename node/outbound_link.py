@@ -62,7 +62,7 @@ class OutboundLink:
     ) -> None:
         self.peer = peer
         self.connected = False
-        self.outbox = Outbox(context.config.queue_bytes_max)
+        self.outbox = Outbox(context.config.settings.queue_bytes_max)
         self._context = context
         self._config = context.config
         self._faults = faults
@@ -112,15 +112,15 @@ class OutboundLink:
 
     async def run(self) -> None:
         """Connect, carry data, reconnect: forever (until cancelled)."""
-        backoff_s = self._config.backoff_s_min
+        backoff_s = self._config.settings.backoff_s_min
         while True:
             established = True  # unless the attempt says otherwise (a reset retries at once)
             with trio.CancelScope() as self._attempt:
                 established = await self._connect_once()
             if established:
-                backoff_s = self._config.backoff_s_min
+                backoff_s = self._config.settings.backoff_s_min
             else:
-                backoff_s = min(backoff_s * 2, self._config.backoff_s_max)
+                backoff_s = min(backoff_s * 2, self._config.settings.backoff_s_max)
             with trio.CancelScope() as self._attempt:
                 await trio.sleep(backoff_s * self._rng.uniform(0.5, 1.0))
 
@@ -142,9 +142,9 @@ class OutboundLink:
         session: tuple[FrameReader, FrameSealer, FrameOpener] | None = None
         authenticated = False
         try:
-            with trio.move_on_after(self._config.handshake_timeout_s):
+            with trio.move_on_after(self._config.settings.handshake_timeout_s):
                 stream = await trio.open_tcp_stream(entry.host, entry.port)
-                configure_socket(stream.socket, self._config.dead_peer_timeout_s)
+                configure_socket(stream.socket, self._config.settings.dead_peer_timeout_s)
                 reader = FrameReader(stream.socket, handshake.HANDSHAKE_FRAME_BYTES_MAX)
                 dialer = handshake.DialerHandshake(
                     self._config.roster,
@@ -158,13 +158,15 @@ class OutboundLink:
                 authenticated = True
                 self._context.peers.observe(self.peer, secrets.peer_incarnation, dialed=True)
                 reader.frame_bytes_max = _ACK_FRAME_BYTES
-                bytes_max = self._config.link_bytes_max
+                bytes_max = self._config.settings.link_bytes_max
                 opener = FrameOpener(secrets.suite, secrets.receive_key, bytes_max)
                 # The acceptor's first ACK says how far it got: resend only the rest.
                 self._apply_ack(await self._receive_ack(reader, opener))
                 session = reader, FrameSealer(secrets.suite, secrets.send_key, bytes_max), opener
             if stream is None or session is None:
-                self._note_refusal(f"no handshake within {self._config.handshake_timeout_s} s")
+                self._note_refusal(
+                    f"no handshake within {self._config.settings.handshake_timeout_s} s"
+                )
                 return False
             await self._run_session(stream, *session)
         except handshake.HandshakeError as error:

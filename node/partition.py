@@ -11,11 +11,37 @@ every node computes the same partition and picks its own part by id.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Final
 
 import numpy as np
 
+from protocol.settings import SettingsError, field_problems, setting
+
 SCHEMES: Final = ("iid", "dirichlet", "shards")
+
+
+@dataclass(frozen=True, slots=True)
+class PartitionSettings:
+    """``[partition]``: how the training set is split among the nodes (the same table in
+    node configs and scenarios; every node computes the same split)."""
+
+    scheme: str = setting(
+        "iid",
+        "iid, dirichlet (label skew, alpha) or shards (label-sorted slices)",
+        choices=SCHEMES,
+        flag="--partition",
+    )
+    alpha: float = setting(
+        0.5, "Dirichlet concentration: smaller gives each node fewer labels", above=0.0
+    )
+    shards_per_node: int = setting(2, "label-sorted slices per node (shards)", minimum=1)
+
+    def __post_init__(self) -> None:
+        problems = field_problems(self)
+        if problems:
+            raise SettingsError(problems)
+
 
 #: default floor on a Dirichlet part's size: with a small alpha some nodes would otherwise get
 #: no data at all, and a node without data has no gradient to contribute

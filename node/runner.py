@@ -46,6 +46,7 @@ from node.interfaces import Journal, Transport
 from protocol.codec import encode
 from protocol.core import NodeCore
 from protocol.messages import Catchup, Finished, Message, Phase
+from protocol.settings import SettingsError, field_problems, setting
 from protocol.step import (
     EVERYONE,
     Decided,
@@ -57,6 +58,25 @@ from protocol.step import (
 )
 
 log = logging.getLogger("jungle.runner")
+
+
+@dataclass(frozen=True, slots=True)
+class RunSettings:
+    """How long a run is and how often the runner acts: top-level keys of a scenario and
+    ``[node]`` keys of a node config."""
+
+    steps: int = setting(100, "learning steps to run", minimum=1)
+    eval_every: int = setting(
+        10, "evaluate on the test set every this many steps (and after the last)", minimum=1
+    )
+    tick_interval_s: float = setting(
+        0.5, "how often the protocol retries payload fetches", above=0.0, unit="s"
+    )
+
+    def __post_init__(self) -> None:
+        problems = field_problems(self)
+        if problems:
+            raise SettingsError(problems)
 
 
 class Learner(Protocol):

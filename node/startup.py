@@ -30,7 +30,6 @@ from node.journal import Journal, JournalError
 from node.keys import KeyFileError, load_signing_key, public_key_b64
 from node.roster import Roster, RosterError, load_roster, parse_address
 from node.transport_config import TransportConfig
-from protocol.aggregate import min_nodes
 
 if TYPE_CHECKING:
     from node.trainer import Trainer
@@ -102,19 +101,13 @@ def prepare_node(config: NodeConfig) -> PreparedNode:
         raise StartupError(problems)
     trainer, num_classes = learner
 
-    from protocol.core import ProtocolConfig
-
-    protocol_config = ProtocolConfig(
+    protocol_config = config.protocol.config(
         n=roster.n,
         f=node.f,
         me=node.id,
         session=roster.session_id,
         dim=trainer.dim,
-        aggregator=config.protocol.aggregator,
-        schedule=config.round_schedule(),
-        steps_ahead_max=config.protocol.steps_ahead_max,
-        steps_retained=config.protocol.steps_retained,
-        steps_total=node.steps,
+        steps_total=config.run.steps,
     )
     folder = node.checkpoint_dir or Path(DEFAULT_CHECKPOINT_DIR)
     checkpoints = CheckpointStore(folder, node.id)
@@ -180,17 +173,9 @@ def _membership_problems(
             f"key {node.key_file} (public key {public_key_b64(signing_key)}) {where}, "
             f"not node {node.id}'s in {roster_name}"
         )
-    try:
-        needed = min_nodes(config.protocol.aggregator, node.f)
-    except ValueError as error:
-        problems.append(str(error))
-    else:
-        if roster.n < needed:
-            rule = "6f+1" if needed == 6 * node.f + 1 else "3f+1"
-            problems.append(
-                f"n={roster.n} nodes cannot tolerate f={node.f} with {config.protocol.aggregator}: "
-                f"it needs n >= {rule} = {needed}"
-            )
+    tolerance = config.protocol.tolerance_problem(roster.n, node.f)
+    if tolerance is not None:
+        problems.append(tolerance)
     return problems
 
 
@@ -210,10 +195,10 @@ def _transport_config(
             me=config.node.id,
             signing_key=signing_key,
             roster=roster,
-            seed=config.task.seed,
+            seed=config.node.seed,
             send_delay_s=send_delay_s,
+            settings=config.transport,
             **listen,
-            **config.transport_options(),
         )
     except ValueError as error:
         problems.append(f"[transport] {error}")
@@ -235,7 +220,7 @@ def _send_delay(config: NodeConfig) -> Callable[[int, int, int], float] | None:
     from sim.delays import KeyedUniforms, parse_delay
 
     options = dict(spec) if isinstance(spec, dict) else {}
-    seed = options.pop("seed", config.task.seed)
+    seed = options.pop("seed", config.node.seed)
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ValueError(f"send_delay: seed must be an integer >= 0, got {seed!r}")
     factors = _slow_node_factors(options.pop("slow_nodes", {}))
@@ -297,29 +282,29 @@ def _trainer(
     from node.tasks import load_task
     from node.trainer import Trainer
 
-    task_settings = config.task
+    node, split = config.node, config.partition
     try:
-        task = load_task(task_settings.name, task_settings.seed)
+        task = load_task(config.task.name, node.seed)
     except ValueError as error:
         problems.append(f"[task] {error}")
         return None
-    parts = roster.n if task_settings.parts is None else task_settings.parts
-    part = config.node.id if task_settings.part is None else task_settings.part
+    parts = roster.n if node.parts is None else node.parts
+    part = node.id if node.part is None else node.part
     if part >= parts:
-        problems.append(f"[task] part {part} does not exist: the train set is cut in {parts} parts")
+        problems.append(f"[node] part {part} does not exist: the train set is cut in {parts} parts")
         return None
     try:
         # The same arguments on every node give the same split (partition is a pure function).
         indices = partition(
             task.train.y.numpy(),
             parts,
-            task_settings.partition,
-            task_settings.seed,
-            alpha=task_settings.alpha,
-            shards_per_node=task_settings.shards_per_node,
+            split.scheme,
+            node.seed,
+            alpha=split.alpha,
+            shards_per_node=split.shards_per_node,
         )[part]
         label_map = None if strategy is None else strategy.label_map(task.num_classes)
-        trainer = Trainer(task, indices, config.trainer_config(), config.node.id, label_map)
+        trainer = Trainer(task, indices, config.training, node.id, label_map, seed=node.seed)
         return trainer, task.num_classes
     except ValueError as error:
         problems.append(f"[task] {error}")
@@ -416,13 +401,13 @@ def announce(prepared: PreparedNode) -> None:
         "task %s (seed %d, %s partition), %d parameters; %s, gradient rounds %s, "
         "model rounds %d; %d steps",
         task.name,
-        task.seed,
-        task.partition,
+        node.seed,
+        config.partition.scheme,
         prepared.trainer.dim,
         protocol.aggregator,
         protocol.gradient_rounds,
         protocol.model_rounds,
-        node.steps,
+        config.run.steps,
     )
     if prepared.checkpoint_step is not None:
         log.info(

@@ -25,7 +25,7 @@ not part of the vector: they stay local and are only checkpointed.
 
 Randomness is private: the batch sampler has its own ``torch.Generator`` and the model's own
 randomness (dropout) runs on a private copy of torch's CPU RNG state, both seeded from
-``(config.seed, node_seed)``, so many trainers in one process (the simulator) do not perturb
+``(seed, node_seed)``, so many trainers in one process (the simulator) do not perturb
 one another whatever order they run in.
 """
 
@@ -35,7 +35,7 @@ import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Final, Literal
+from typing import Any, Final
 
 import numpy as np
 import torch
@@ -43,6 +43,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from node.tasks import Task, derive_seed
+from node.training import TrainingSettings
 
 #: bumped when the layout of :meth:`Trainer.state_dict` changes
 STATE_FORMAT: Final = 1
@@ -50,45 +51,6 @@ STATE_FORMAT: Final = 1
 # Purposes keying the per-node random streams (DESIGN 6).
 _PURPOSE_SAMPLER: Final = 1
 _PURPOSE_MODEL_RNG: Final = 2
-
-
-@dataclass(frozen=True, slots=True)
-class TrainerConfig:
-    """Local-learning settings; the defaults learn digits-mlp well in ~100-200 steps."""
-
-    #: step size; the learning rate at step t is ``lr * schedule(t)``
-    lr: float = 0.3
-    #: "constant", or "inverse_sqrt": ``lr / sqrt(1 + t / lr_decay_steps)``
-    lr_schedule: Literal["constant", "inverse_sqrt"] = "constant"
-    lr_decay_steps: int = 100
-    #: beta of the worker-side EMA momentum (0 disables it)
-    momentum: float = 0.9
-    batch_size: int = 32
-    #: L2 penalty added to the gradient before momentum
-    weight_decay: float = 0.0
-    #: mini-batches whose gradients are averaged into one :meth:`Trainer.gradient`
-    local_steps: int = 1
-    #: run seed; combined with the node's seed for its sampler and model RNG
-    seed: int = 0
-    #: torch intra-op threads, set process-wide at construction (None: leave torch's choice);
-    #: many simulated nodes share one process, where 1 avoids oversubscription
-    torch_threads: int | None = 1
-    eval_batch_size: int = 1024
-
-    def __post_init__(self) -> None:
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise ValueError(f"lr must be positive and finite, got {self.lr}")
-        if self.lr_schedule not in ("constant", "inverse_sqrt"):
-            raise ValueError(f"unknown lr_schedule {self.lr_schedule!r}")
-        if not 0.0 <= self.momentum < 1.0:
-            raise ValueError(f"momentum must be in [0, 1), got {self.momentum}")
-        if self.weight_decay < 0:
-            raise ValueError(f"weight_decay must be non-negative, got {self.weight_decay}")
-        for name in ("lr_decay_steps", "batch_size", "local_steps", "eval_batch_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-        if self.torch_threads is not None and self.torch_threads < 1:
-            raise ValueError(f"torch_threads must be positive, got {self.torch_threads}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,24 +74,26 @@ class Trainer:
 
     ``indices`` select this node's samples from ``task.train``; ``label_map`` (an int array of
     length ``task.num_classes``) relabels them, which is how a Byzantine "label flipping" node
-    is built (e.g. ``y -> num_classes - 1 - y``).
+    is built (e.g. ``y -> num_classes - 1 - y``). ``seed`` is the run's: with ``node_seed`` it
+    seeds this node's sampler and model randomness.
     """
 
     def __init__(
         self,
         task: Task,
         indices: np.ndarray,
-        config: TrainerConfig,
+        config: TrainingSettings,
         node_seed: int,
         label_map: np.ndarray | None = None,
+        *,
+        seed: int = 0,
     ) -> None:
         indices = np.asarray(indices, dtype=np.int64)
         if indices.ndim != 1 or len(indices) == 0:
             raise ValueError("a trainer needs a non-empty 1-D array of sample indices")
         if indices.min() < 0 or indices.max() >= len(task.train):
             raise ValueError(f"sample indices out of range for {len(task.train)} samples")
-        if config.torch_threads is not None:
-            torch.set_num_threads(config.torch_threads)
+        torch.set_num_threads(config.torch_threads)
 
         self._task = task
         self._config = config
@@ -152,13 +116,11 @@ class Trainer:
         self._train_loss = math.nan
 
         self._sampler = torch.Generator().manual_seed(
-            derive_seed(config.seed, node_seed, _PURPOSE_SAMPLER)
+            derive_seed(seed, node_seed, _PURPOSE_SAMPLER)
         )
         self._epoch_order = torch.empty(0, dtype=torch.int64)
         self._epoch_position = 0
-        model_rng = torch.Generator().manual_seed(
-            derive_seed(config.seed, node_seed, _PURPOSE_MODEL_RNG)
-        )
+        model_rng = torch.Generator().manual_seed(derive_seed(seed, node_seed, _PURPOSE_MODEL_RNG))
         self._model_rng_state = model_rng.get_state()
 
     # ------------------------------------------------------------------ vectors in and out

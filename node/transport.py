@@ -173,7 +173,7 @@ async def open_tcp_transport(
     context = LinkContext(config)
     faults = FaultLog(config.me)
     counters = TrafficCounters()
-    queue = InboundQueue(config.receive_queue_bytes_max)
+    queue = InboundQueue(config.settings.receive_queue_bytes_max)
     outbound = {
         peer: OutboundLink(context, peer, faults, counters)
         for peer in range(config.roster.n)

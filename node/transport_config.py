@@ -25,6 +25,7 @@ import nacl.signing
 from node.frame_auth import DATA_BODY_OVERHEAD_BYTES, SUITE_NAMES
 from node.handshake import INCARNATION_BYTES
 from node.roster import Roster
+from protocol.settings import SettingsError, field_problems, setting
 
 MIB: Final = 1024 * 1024
 
@@ -42,6 +43,93 @@ class MessageTooLarge(TransportError, ValueError):
 
 
 @dataclass(frozen=True, slots=True)
+class TransportSettings:
+    """``[transport]``: every limit and timing of the links, named after what it bounds."""
+
+    queue_bytes_max: int = setting(
+        256 * MIB,
+        "per peer: bytes queued and not yet acknowledged; past it messages to it are dropped "
+        "(counted)",
+        minimum=1,
+        unit="bytes",
+    )
+    receive_queue_bytes_max: int = setting(
+        256 * MIB,
+        "bytes received and not yet processed (one message always fits)",
+        minimum=1,
+        unit="bytes",
+    )
+    frame_bytes_max: int = setting(
+        64 * MIB + 64 * 1024,
+        "largest frame accepted from an authenticated peer (a message plus 25 bytes)",
+        minimum=DATA_BODY_OVERHEAD_BYTES + 1,
+        unit="bytes",
+    )
+    backoff_s_min: float = setting(0.05, "first reconnect delay", above=0.0, unit="s")
+    backoff_s_max: float = setting(5.0, "longest reconnect delay", above=0.0, unit="s")
+    handshake_timeout_s: float = setting(
+        10.0, "connecting plus the whole handshake must finish within this", above=0.0, unit="s"
+    )
+    hello_timeout_s: float = setting(
+        1.0, "an accepted connection must send its first HELLO within this", above=0.0, unit="s"
+    )
+    dead_peer_timeout_s: float = setting(
+        30.0,
+        "a peer that vanished without closing (power loss) is noticed within about this",
+        above=0.0,
+        unit="s",
+    )
+    handshakes_pending_max: int = setting(
+        64,
+        "unauthenticated connections at once from outside the roster's addresses; a new one "
+        "evicts the oldest",
+        minimum=1,
+    )
+    handshakes_reserved_for_roster: int = setting(
+        16, "pending-handshake room kept for the roster's own addresses", minimum=1
+    )
+    handshakes_per_source_max: int = setting(
+        8,
+        "pending handshakes one source (IPv4 address, IPv6 /64) may hold; its newest "
+        "evicts its oldest",
+        minimum=1,
+    )
+    handshakes_per_source_per_s: float = setting(
+        20.0,
+        "new connections a second from one source outside the roster (burst as many); "
+        "past it they are closed unread",
+        above=0.0,
+    )
+    ack_every_messages: int = setting(
+        16, "a receiver acknowledges at least every this many messages", minimum=1
+    )
+    link_bytes_max: int = setting(
+        2**36,
+        "bytes a link encrypts under one key before it reconnects with fresh keys",
+        minimum=1,
+        unit="bytes",
+    )
+    send_delay: object = setting(
+        None,
+        "TESTING AND RESEARCH: hold each message for a drawn delay before sending it (how "
+        "jungle sim --mode process injects link delays): seconds, a string or a table of "
+        "sim.delays, optionally with seed and slow_nodes",
+    )
+
+    def __post_init__(self) -> None:
+        problems = field_problems(self)
+        if not problems and self.backoff_s_min > self.backoff_s_max:
+            problems.append("backoff_s_min: must be <= backoff_s_max")
+        delay = self.send_delay
+        if delay is not None and (
+            isinstance(delay, bool) or not isinstance(delay, int | float | str | dict)
+        ):
+            problems.append(f"send_delay: must be seconds, a string or a table, got {delay!r}")
+        if problems:
+            raise SettingsError(problems)
+
+
+@dataclass(frozen=True, slots=True)
 class TransportConfig:
     me: int
     signing_key: nacl.signing.SigningKey
@@ -49,32 +137,7 @@ class TransportConfig:
     #: where to listen; None = the host/port of our own roster entry (port 0 = ephemeral)
     listen_host: str | None = None
     listen_port: int | None = None
-    #: per peer: bytes queued for it and not yet acknowledged; past it messages are dropped
-    queue_bytes_max: int = 256 * MIB
-    #: bytes received and not yet taken by ``receive()`` (one message always fits)
-    receive_queue_bytes_max: int = 256 * MIB
-    #: largest frame body accepted from an authenticated peer (a message plus 25 bytes)
-    frame_bytes_max: int = 64 * MIB + 64 * 1024
-    backoff_s_min: float = 0.05
-    backoff_s_max: float = 5.0
-    #: connecting plus the whole handshake must finish within this, else the link is dropped
-    handshake_timeout_s: float = 10.0
-    #: an accepted connection must send its HELLO within this (strangers hold no slot long)
-    hello_timeout_s: float = 1.0
-    #: a peer that vanished without closing (power loss) is noticed within about this
-    #: (TCP keepalive and TCP_USER_TIMEOUT); a peer that restarts is noticed at once
-    dead_peer_timeout_s: float = 30.0
-    #: inbound connections from outside the roster's addresses allowed to be mid-handshake
-    #: at once; a newer one evicts the oldest (node/admission.py)
-    handshakes_pending_max: int = 64
-    #: slots kept for connections from the roster's own addresses
-    handshakes_reserved_for_roster: int = 16
-    #: slots one source (IPv4 address, IPv6 /64) may hold in a pool; its newest evicts its oldest
-    handshakes_per_source_max: int = 8
-    #: new connections a second from one source outside the roster (burst: as many)
-    handshakes_per_source_per_s: float = 20.0
-    #: a receiver acknowledges at least every this many messages (and whenever it is idle)
-    ack_every_messages: int = 16
+    settings: TransportSettings = TransportSettings()
     #: seeds the reconnect jitter (derived per peer), so runs are reproducible
     seed: int = 0
     #: optional injected delay per (dst, seq, size_bytes): a message is not written before
@@ -84,8 +147,6 @@ class TransportConfig:
     #: encrypting ones, fastest first on this CPU. ``blake3-mac`` (integrity, no secrecy)
     #: only if listed here: benchmarks and tests that must see plaintext.
     suites: tuple[int, ...] | None = None
-    #: payload bytes one key seals per direction before the link reconnects (fresh keys)
-    link_bytes_max: int = 2**36
 
     def __post_init__(self) -> None:
         problems = []
@@ -93,39 +154,17 @@ class TransportConfig:
             problems.append(f"me={self.me} is not an id of the roster (0..{self.roster.n - 1})")
         elif bytes(self.signing_key.verify_key) != self.roster.public_keys[self.me]:
             problems.append(f"the signing key is not node {self.me}'s key in the roster")
-        if self.frame_bytes_max <= DATA_BODY_OVERHEAD_BYTES:
-            problems.append("frame_bytes_max is too small to carry any message")
-        for name in (
-            "queue_bytes_max",
-            "receive_queue_bytes_max",
-            "handshakes_pending_max",
-            "handshakes_reserved_for_roster",
-            "handshakes_per_source_max",
-            "link_bytes_max",
-        ):
-            if getattr(self, name) < 1:
-                problems.append(f"{name} must be positive")
-        if not self.handshakes_per_source_per_s > 0:
-            problems.append("handshakes_per_source_per_s must be positive")
         if self.suites is not None and (
             not self.suites or any(suite not in SUITE_NAMES for suite in self.suites)
         ):
             problems.append(f"suites must name known frame suites, got {self.suites}")
-        if self.ack_every_messages < 1:
-            problems.append("ack_every_messages must be positive")
-        if not 0 < self.backoff_s_min <= self.backoff_s_max:
-            problems.append("need 0 < backoff_s_min <= backoff_s_max")
-        if min(self.handshake_timeout_s, self.dead_peer_timeout_s, self.hello_timeout_s) <= 0:
-            problems.append(
-                "handshake_timeout_s, hello_timeout_s and dead_peer_timeout_s must be positive"
-            )
         if problems:
             raise ValueError("; ".join(problems))
 
     @property
     def message_bytes_max(self) -> int:
         """Largest message ``send_nowait`` accepts."""
-        return self.frame_bytes_max - DATA_BODY_OVERHEAD_BYTES
+        return self.settings.frame_bytes_max - DATA_BODY_OVERHEAD_BYTES
 
 
 class PeerIncarnations:

@@ -19,7 +19,7 @@ import logging
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Final
 
@@ -32,9 +32,9 @@ import trio.testing
 from node.partition import partition
 from node.runner import Runner, RunnerHooks, StepRecord
 from node.tasks import derive_seed, load_task
-from node.trainer import Trainer, TrainerConfig
+from node.trainer import Trainer
 from protocol.codec import SharedDecoder
-from protocol.core import NodeCore, ProtocolConfig
+from protocol.core import NodeCore
 from protocol.crypto import Ed25519Scheme, SignatureScheme, UnsignedScheme, digest
 from protocol.step import Decided, Fault, Output, RoundStarted
 from sim.adapters import BroadcastClassifier, DivergenceGuard
@@ -102,7 +102,7 @@ class Simulation:
         n = scenario.n
         self.honest = scenario.honest_nodes()
         self.byzantine = scenario.byzantine_strategies()
-        self.task = load_task(scenario.task, stream_seed(seed, PURPOSE_TASK))
+        self.task = load_task(scenario.task.name, stream_seed(seed, PURPOSE_TASK))
         spec = scenario.partition
         self.parts = partition(
             self.task.train.y.numpy(),
@@ -153,33 +153,25 @@ class Simulation:
             strategy = load_strategy(spec)
             label_map = strategy.label_map(self.task.num_classes)
             self.strategies[node] = strategy
-        training = scenario.training
-        config = TrainerConfig(
-            lr=training.lr,
-            lr_schedule=training.lr_schedule,  # type: ignore[arg-type]  # validated
-            lr_decay_steps=training.lr_decay_steps,
-            momentum=training.momentum,
-            batch_size=training.batch_size,
-            local_steps=training.local_steps,
-            weight_decay=training.weight_decay,
+        # many trainers share this process: one torch thread each avoids oversubscription
+        training = replace(scenario.training, torch_threads=1)
+        trainer = Trainer(
+            self.task,
+            self.parts[node],
+            training,
+            node_seed=node,
+            label_map=label_map,
             seed=stream_seed(scenario.seed, PURPOSE_TRAINER),
-            torch_threads=1,
         )
-        trainer = Trainer(self.task, self.parts[node], config, node_seed=node, label_map=label_map)
         learner = DivergenceGuard(trainer)
         self.learners.append(learner)
-        protocol = scenario.protocol
         scheme = self._scheme(node)
-        core_config = ProtocolConfig(
+        core_config = scenario.protocol.config(
             n=scenario.n,
             f=scenario.f,
             me=node,
             session=self.session,
             dim=trainer.dim,
-            aggregator=protocol.aggregator,
-            schedule=scenario.round_schedule(),
-            steps_ahead_max=protocol.steps_ahead_max,
-            steps_retained=protocol.steps_retained,
             steps_total=scenario.steps,
         )
         if self._decoder is None:  # every node has the same payload limit

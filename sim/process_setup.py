@@ -22,13 +22,14 @@ import shutil
 import socket
 import tomllib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Final
 
 import blake3
 
 from node.roster import Roster, assemble_roster, dump_roster, public_key_b64_of
+from node.schema import to_table
 from sim.delays import Constant, Exponential, LogNormal, Uniform
 from sim.engine import roster_keys, signing_seed
 from sim.scenario import Scenario, StrategySpec
@@ -158,44 +159,34 @@ def node_config(
     strategy: StrategySpec | None,
     send_delay: Mapping[str, Any],
 ) -> dict[str, Any]:
-    """The ``jungle node`` config of one node: the scenario's settings, paths relative to
-    the config's folder. The supervisor, not the node, ends the run: nodes linger for
-    the whole time limit, serving slower peers, until they are stopped."""
+    """The ``jungle node`` config of one node: the scenario's own settings objects written
+    as the node's tables (the same classes, node/schema.py), paths relative to the config's
+    folder. The supervisor, not the node, ends the run: nodes linger for the whole time
+    limit, serving slower peers, until they are stopped."""
+    run = to_table(scenario.run)
+    if not files.honest:  # Byzantine nodes' accuracy is not reported
+        run["eval_every"] = scenario.steps
     node: dict[str, Any] = {
         "id": files.id,
         "key_file": files.key.name,
         "roster": "roster.toml",
         "f": scenario.f,
-        "steps": scenario.steps,
-        # Byzantine nodes' accuracy is not reported: they evaluate only after the last step
-        "eval_every": scenario.eval_every if files.honest else scenario.steps,
+        "seed": scenario.seed,
         "metrics_file": files.metrics.name,
         "checkpoint_dir": STATE_DIR,
+        "checkpoint_every": scenario.steps,  # only the final model (and step 0)
         "log_level": "INFO",
         "wait_for_peers_s": WAIT_FOR_PEERS_S,
         "linger_s": scenario.time_limit_s,
-        "tick_interval_s": scenario.tick_interval_s,
+        **run,
     }
-    node["checkpoint_every"] = scenario.steps  # only the final model (and step 0)
-    protocol, partition, training = scenario.protocol, scenario.partition, scenario.training
     config: dict[str, Any] = {
         "node": node,
-        "protocol": {
-            "aggregator": protocol.aggregator,
-            "gradient_rounds": protocol.gradient_rounds,
-            "model_rounds": protocol.model_rounds,
-            "rounds_max": protocol.rounds_max,
-            "steps_ahead_max": protocol.steps_ahead_max,
-            "steps_retained": protocol.steps_retained,
-        },
-        "task": {
-            "name": scenario.task,
-            "seed": scenario.seed,
-            "partition": partition.scheme,
-            "alpha": partition.alpha,
-            "shards_per_node": partition.shards_per_node,
-        },
-        "training": {**dataclasses.asdict(training), "torch_threads": 1},
+        # real nodes always sign: the scenario's protocol, with signatures on
+        "protocol": to_table(replace(scenario.protocol, crypto=True)),
+        "task": to_table(scenario.task),
+        "partition": to_table(scenario.partition),
+        "training": {**to_table(scenario.training), "torch_threads": 1},
         "transport": {"send_delay": dict(send_delay)},
     }
     if strategy is not None:

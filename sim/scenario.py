@@ -1,7 +1,11 @@
 """Scenarios: everything one simulation needs, as TOML or as Python dataclasses.
 
 A scenario file and a :class:`Scenario` hold the same fields under the same names, so a
-researcher can start from a file, load it, change one field in Python and run it::
+researcher can start from a file, load it, change one field in Python and run it. The
+``[protocol]``, ``[task]``, ``[partition]`` and ``[training]`` tables are the very tables of
+a real node's config, read by the same code into the same classes (node/schema.py), so they
+work on real nodes as they are; what a scenario adds is its own: the top-level keys below
+(n, f, seed, the run's length), ``[network]`` and ``[byzantine]``::
 
     scenario = Scenario.from_toml("sim/scenarios/default.toml")
     scenario = scenario.with_values({"protocol.aggregator": "mean", "steps": 20})
@@ -23,16 +27,17 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Final
 
-from protocol.core import GradientSchedule, RoundSchedule
+from node.partition import PartitionSettings
+from node.runner import RunSettings
+from node.training import TaskSettings, TrainingSettings
+from protocol.core import RoundSchedule
 from protocol.messages import Phase
+from protocol.settings import ProtocolSettings, SettingsError, field_problems, setting
 
 #: The strategy value meaning "behaves honestly" (an attack-free run keeps its node ids).
 NO_ATTACK: Final = "none"
 #: Where the built-in scenario files live; ``jungle sim NAME`` looks here too.
 SCENARIOS_DIR: Final = Path(__file__).parent / "scenarios"
-PARTITION_SCHEMES: Final = ("iid", "dirichlet", "shards")
-LR_SCHEDULES: Final = ("constant", "inverse_sqrt")
-GRADIENT_SCHEDULE_LOG2: Final = "log2"
 
 #: A Byzantine strategy as a scenario writes it: a name, a table {name = ..., params...},
 #: a list of those (combined), or "module:Class".
@@ -55,43 +60,6 @@ def read_toml(path: Path) -> dict[str, Any]:
         raise ScenarioError([f"{path}: cannot read: {error.strerror or error}"]) from None
     except tomllib.TOMLDecodeError as error:
         raise ScenarioError([f"{path}: not valid TOML: {error}"]) from None
-
-
-@dataclass(frozen=True, slots=True)
-class PartitionSpec:
-    """How the task's training set is split among the n nodes (node/partition.py)."""
-
-    scheme: str = "iid"
-    alpha: float = 0.5  # dirichlet: smaller is more heterogeneous
-    shards_per_node: int = 2  # shards: label-sorted slices per node
-
-
-@dataclass(frozen=True, slots=True)
-class TrainingSpec:
-    """Local learning on every node (node/trainer.py ``TrainerConfig``)."""
-
-    lr: float = 0.3
-    lr_schedule: str = "constant"
-    lr_decay_steps: int = 100
-    momentum: float = 0.9
-    batch_size: int = 32
-    local_steps: int = 1
-    weight_decay: float = 0.0
-
-
-@dataclass(frozen=True, slots=True)
-class ProtocolSpec:
-    """The agreement protocol (protocol/core.py ``ProtocolConfig`` and ``RoundSchedule``)."""
-
-    aggregator: str = "trimmed_mean"
-    #: "log2" (ceil(log2(t+1)) rounds at step t, for heterogeneous data) or a constant count
-    gradient_rounds: str | int = GRADIENT_SCHEDULE_LOG2
-    model_rounds: int = 1
-    rounds_max: int = 8
-    #: Ed25519 signatures on every SEND; off for large runs (the summary says so)
-    crypto: bool = True
-    steps_ahead_max: int = 4
-    steps_retained: int = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,26 +88,47 @@ class ByzantineSpec:
 @dataclass(frozen=True, slots=True)
 class Scenario:
     """One simulation: who takes part, what they learn, how they agree, what the network
-    and the adversary do. All randomness derives from ``seed``."""
+    and the adversary do. All randomness derives from ``seed``.
 
-    name: str = "scenario"
-    description: str = ""
-    seed: int = 0
-    n: int = 10
-    f: int = 3
-    steps: int = 100
-    task: str = "digits-mlp"
-    #: honest nodes evaluate on the test set every this many steps (and after the last)
-    eval_every: int = 10
-    #: virtual seconds after which an unfinished run stops (and is reported incomplete)
-    time_limit_s: float = 3600.0
-    #: virtual seconds between two runner ticks (payload-fetch retries)
-    tick_interval_s: float = 0.5
-    partition: PartitionSpec = field(default_factory=PartitionSpec)
-    training: TrainingSpec = field(default_factory=TrainingSpec)
-    protocol: ProtocolSpec = field(default_factory=ProtocolSpec)
+    The fields declared with :func:`~protocol.settings.setting` are the scenario's own
+    top-level keys; ``run`` holds the run's (steps, eval_every, tick_interval_s: also
+    top-level keys of the file); the rest are tables."""
+
+    name: str = setting("scenario", "a label for the outputs (default: the file's name)")
+    description: str = setting("", "a sentence saying what the scenario shows")
+    seed: int = setting(0, "the run's seed: every random stream derives from it", minimum=0)
+    n: int = setting(10, "nodes", minimum=1)
+    f: int = setting(3, "Byzantine nodes the protocol tolerates", minimum=0)
+    time_limit_s: float = setting(
+        3600.0,
+        "virtual seconds after which an unfinished run stops (reported incomplete)",
+        above=0.0,
+        unit="s",
+    )
+    run: RunSettings = field(default_factory=RunSettings)
+    task: TaskSettings = field(default_factory=TaskSettings)
+    partition: PartitionSettings = field(default_factory=PartitionSettings)
+    training: TrainingSettings = field(default_factory=TrainingSettings)
+    protocol: ProtocolSettings = field(default_factory=ProtocolSettings)
     network: NetworkSpec = field(default_factory=NetworkSpec)
     byzantine: ByzantineSpec = field(default_factory=ByzantineSpec)
+
+    def __post_init__(self) -> None:
+        problems = field_problems(self)
+        if problems:
+            raise SettingsError(problems)
+
+    @property
+    def steps(self) -> int:
+        return self.run.steps
+
+    @property
+    def eval_every(self) -> int:
+        return self.run.eval_every
+
+    @property
+    def tick_interval_s(self) -> float:
+        return self.run.tick_interval_s
 
     # ------------------------------------------------------------------ construction
 
@@ -164,6 +153,7 @@ class Scenario:
     def to_dict(self) -> dict[str, Any]:
         """Plain data that :meth:`from_dict` reads back into an equal scenario."""
         data = asdict(self)
+        data.update(data.pop("run"))  # the run's keys are top-level keys of the file
         byzantine = data["byzantine"]
         byzantine["nodes"] = None if self.byzantine.nodes is None else list(self.byzantine.nodes)
         byzantine["per_node"] = {str(k): v for k, v in sorted(self.byzantine.per_node.items())}
@@ -202,12 +192,7 @@ class Scenario:
 
     def round_schedule(self) -> RoundSchedule:
         """The protocol's round schedule for this scenario."""
-        spec = self.protocol
-        if spec.gradient_rounds == GRADIENT_SCHEDULE_LOG2:
-            return RoundSchedule(GradientSchedule.LOG2, 1, spec.model_rounds, spec.rounds_max)
-        return RoundSchedule(
-            GradientSchedule.CONSTANT, int(spec.gradient_rounds), spec.model_rounds, spec.rounds_max
-        )
+        return self.protocol.round_schedule()
 
     def agreement_rounds(self) -> int:
         """Agreement rounds each node runs over the whole scenario (both phases)."""

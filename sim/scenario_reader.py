@@ -1,10 +1,11 @@
 """Reading a scenario: plain data (a parsed TOML file) in, a valid :class:`Scenario` out.
 
-Every field is checked against its type (taken from the dataclass default) and its range
-(:data:`_RULES`); unknown keys get a suggestion when a known one is close; then the
-plugins the scenario names are built once, so a typo fails before a long run starts.
-All problems are collected and raised together, one line each, in
-:class:`~sim.scenario.ScenarioError`.
+The shared tables (``[protocol]``, ``[task]``, ``[partition]``, ``[training]``) and the
+top-level keys go through node/schema.py, the reader node configs use: every value is
+checked against the field's type and rules, unknown keys get a suggestion. ``[network]``
+and ``[byzantine]`` are the scenario's own. Then the plugins the scenario names are built
+once, so a typo fails before a long run starts. All problems are collected and raised
+together, one line each, in :class:`~sim.scenario.ScenarioError`.
 """
 
 from __future__ import annotations
@@ -15,27 +16,68 @@ from collections.abc import Iterable, Mapping
 from dataclasses import replace
 from typing import Any, Final
 
-from protocol.aggregate import AGGREGATORS, min_nodes
+from node.partition import PartitionSettings
+from node.runner import RunSettings
+from node.schema import SettingsReader, Table
+from node.training import TaskSettings, TrainingSettings
+from protocol.aggregate import AGGREGATORS
+from protocol.settings import ProtocolSettings
 from sim.scenario import (
-    GRADIENT_SCHEDULE_LOG2,
-    LR_SCHEDULES,
     NO_ATTACK,
-    PARTITION_SCHEMES,
     ByzantineSpec,
     NetworkSpec,
-    PartitionSpec,
-    ProtocolSpec,
     Scenario,
     StrategySpec,
-    TrainingSpec,
 )
 from sim.schedulers import SchedulerSpecError, load_scheduler
+
+#: the tables a scenario shares with node configs, and its top level ("")
+SCENARIO_TABLES: Final = (
+    Table("", (Scenario, RunSettings)),
+    Table("task", (TaskSettings,)),
+    Table("partition", (PartitionSettings,)),
+    Table("training", (TrainingSettings,)),
+    Table("protocol", (ProtocolSettings,)),
+)
+_OWN_TABLES: Final = ("network", "byzantine")
 
 
 def read_scenario(data: Mapping[str, Any]) -> tuple[Scenario, list[str]]:
     """The scenario ``data`` describes, and every problem found in it."""
-    problems: list[str] = []
-    scenario = _parse_scenario(data, problems)
+    reader = SettingsReader()
+    if not isinstance(data, Mapping):
+        return Scenario(), [f"a scenario is a table, got {type(data).__name__}"]
+    data = dict(data)
+    if isinstance(data.get("task"), str):  # `task = "digits-mlp"`: short for [task] name
+        data["task"] = {"name": data["task"]}
+    top, *tables = SCENARIO_TABLES
+    values = reader.read(top, data, skip=[table.name for table in tables] + list(_OWN_TABLES))
+    for table in tables:
+        reader.read(
+            table, _table(data.get(table.name, {}), table.name, reader.problems), into=values
+        )
+    built: dict[type, Any] = {
+        cls: reader.build(table, cls, values.get(cls, {}))
+        for table in SCENARIO_TABLES
+        for cls in table.classes
+    }
+    network = _parse_network(_table(data.get("network", {}), "network", reader.problems))
+    if any(value is None for value in built.values()):
+        return Scenario(), reader.problems
+    scenario = replace(
+        built[Scenario],
+        run=built[RunSettings],
+        task=built[TaskSettings],
+        partition=built[PartitionSettings],
+        training=built[TrainingSettings],
+        protocol=built[ProtocolSettings],
+        network=network,
+    )
+    byzantine = _parse_byzantine(
+        _table(data.get("byzantine", {}), "byzantine", reader.problems), scenario, reader.problems
+    )
+    scenario = replace(scenario, byzantine=byzantine)
+    problems = reader.problems
     if not problems:
         problems += check_plugins(scenario)
     return scenario, problems
@@ -47,25 +89,18 @@ def check_plugins(scenario: Scenario) -> list[str]:
     The task is not loaded here (a user task may be slow to build); the engine reports it.
     """
     problems: list[str] = []
-    try:
-        needed = min_nodes(scenario.protocol.aggregator, scenario.f)
-    except ValueError as error:
-        problems.append(f"protocol.aggregator: {error}")
-    else:
-        if scenario.n < needed:
-            problems.append(
-                f"n: {scenario.protocol.aggregator} tolerates f={scenario.f} only with "
-                f"n >= {needed}, got n={scenario.n}"
-            )
+    tolerance = scenario.protocol.tolerance_problem(scenario.n, scenario.f)
+    if tolerance is not None:
+        problems.append(f"n: {tolerance}")
     if scenario.protocol.aggregator not in AGGREGATORS and not problems:
-        problems.append(f"protocol.aggregator: unknown {scenario.protocol.aggregator!r}")
+        problems.append(f"[protocol] aggregator: unknown {scenario.protocol.aggregator!r}")
     try:
         load_scheduler(scenario.network.scheduler, scenario.network.params)
     except SchedulerSpecError as error:
-        problems.append(f"network: {error}")
+        problems.append(f"[network]: {error}")
     problems += _node_ids_problems(scenario)
     if not scenario.honest_nodes():
-        problems.append("byzantine: every node is Byzantine; there is nothing to measure")
+        problems.append("[byzantine]: every node is Byzantine; there is nothing to measure")
     from sim.strategies import load_strategy
 
     nodes_by_spec: dict[str, list[int]] = {}
@@ -78,7 +113,7 @@ def check_plugins(scenario: Scenario) -> list[str]:
             load_strategy(specs[key])
         except (ValueError, TypeError) as error:
             who = f"node {nodes[0]}" if len(nodes) == 1 else f"nodes {nodes}"
-            problems.append(f"byzantine: {who}: {error}")
+            problems.append(f"[byzantine] {who}: {error}")
     return problems
 
 
@@ -88,17 +123,17 @@ def _node_ids_problems(scenario: Scenario) -> list[str]:
         return []
     params = scenario.network.params
     named: list[tuple[str, Any]] = []
-    named += [("network.slow_nodes", node) for node in params.get("slow_nodes", {}) or {}]
+    named += [("[network] slow_nodes", node) for node in params.get("slow_nodes", {}) or {}]
     for entry in params.get("per_link", []) or []:
         if isinstance(entry, Mapping):
             named += [
-                ("network.per_link", entry.get("src")),
-                ("network.per_link", entry.get("dst")),
+                ("[network] per_link", entry.get("src")),
+                ("[network] per_link", entry.get("dst")),
             ]
     for entry in params.get("partitions", []) or []:
         if isinstance(entry, Mapping):
             for group in entry.get("groups", []) or []:
-                named += [("network.partitions", node) for node in group]
+                named += [("[network] partitions", node) for node in group]
     problems = []
     for where, node in named:
         try:
@@ -120,135 +155,11 @@ def is_finite_number(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
-Rule = tuple[str, Any]  # (check name, argument), see _rule_problem
-
-#: Range rules per dotted field; types come from each field's default.
-_RULES: Final[dict[str, tuple[Rule, ...]]] = {
-    "seed": (("min", 0),),
-    "n": (("min", 1),),
-    "f": (("min", 0),),
-    "steps": (("min", 1),),
-    "eval_every": (("min", 1),),
-    "time_limit_s": (("above", 0.0),),
-    "tick_interval_s": (("above", 0.0),),
-    "partition.scheme": (("choice", PARTITION_SCHEMES),),
-    "partition.alpha": (("above", 0.0),),
-    "partition.shards_per_node": (("min", 1),),
-    "training.lr": (("above", 0.0),),
-    "training.lr_schedule": (("choice", LR_SCHEDULES),),
-    "training.lr_decay_steps": (("min", 1),),
-    "training.momentum": (("min", 0.0), ("below", 1.0)),
-    "training.batch_size": (("min", 1),),
-    "training.local_steps": (("min", 1),),
-    "training.weight_decay": (("min", 0.0),),
-    "protocol.aggregator": (("choice", tuple(sorted(AGGREGATORS))),),
-    "protocol.model_rounds": (("min", 0),),
-    "protocol.rounds_max": (("min", 1), ("max", 64)),
-    "protocol.steps_ahead_max": (("min", 0),),
-    "protocol.steps_retained": (("min", 0),),
-}
-
-
-def _parse_scenario(data: Mapping[str, Any], problems: list[str]) -> Scenario:
-    if not isinstance(data, Mapping):
-        problems.append(f"a scenario is a table, got {type(data).__name__}")
-        return Scenario()
-    sections = {
-        "partition": PartitionSpec,
-        "training": TrainingSpec,
-        "protocol": ProtocolSpec,
-    }
-    values = _parse_fields(Scenario, data, "", problems, skip={*sections, "network", "byzantine"})
-    for name, cls in sections.items():
-        table = _table(data.get(name, {}), name, problems)
-        values[name] = cls(**_parse_fields(cls, table, f"{name}.", problems))
-    values["network"] = _parse_network(_table(data.get("network", {}), "network", problems))
-    scenario = Scenario(**values)
-    byzantine = _parse_byzantine(
-        _table(data.get("byzantine", {}), "byzantine", problems), scenario, problems
-    )
-    scenario = replace(scenario, byzantine=byzantine)
-    protocol = scenario.protocol
-    if isinstance(protocol.gradient_rounds, str):
-        if protocol.gradient_rounds != GRADIENT_SCHEDULE_LOG2:
-            problems.append(
-                f"protocol.gradient_rounds: expected 'log2' or a count, "
-                f"got {protocol.gradient_rounds!r}"
-            )
-    elif not 1 <= protocol.gradient_rounds <= protocol.rounds_max:
-        problems.append(f"protocol.gradient_rounds: must be in [1, {protocol.rounds_max}]")
-    if protocol.model_rounds > protocol.rounds_max:
-        problems.append(f"protocol.model_rounds: must be in [0, {protocol.rounds_max}]")
-    return scenario
-
-
 def _table(value: Any, where: str, problems: list[str]) -> Mapping[str, Any]:
     if isinstance(value, Mapping):
         return value
-    problems.append(f"{where}: expected a table, got {value!r}")
+    problems.append(f"[{where}]: expected a table, got {value!r}")
     return {}
-
-
-def _parse_fields(
-    cls: type, data: Mapping[str, Any], prefix: str, problems: list[str], skip: Iterable[str] = ()
-) -> dict[str, Any]:
-    """Type- and range-checked values of ``cls``'s simple fields present in ``data``."""
-    defaults = cls()
-    known = {name for name in cls.__dataclass_fields__}  # type: ignore[attr-defined]
-    skip = set(skip)
-    values: dict[str, Any] = {}
-    for key in sorted(data, key=str):
-        if key not in known:
-            problems.append(f"{prefix}{key}: unknown key{suggest(str(key), known)}")
-            continue
-        if key in skip:
-            continue
-        value = data[key]
-        problem = _type_problem(value, getattr(defaults, key))
-        if problem is None:
-            for rule in _RULES.get(prefix + key, ()):
-                problem = problem or _rule_problem(value, rule)
-        if problem is not None:
-            problems.append(f"{prefix}{key}: {problem}")
-            continue
-        default = getattr(defaults, key)
-        values[key] = float(value) if isinstance(default, float) else value
-    return values
-
-
-def _type_problem(value: Any, default: Any) -> str | None:
-    if isinstance(default, bool):
-        ok = isinstance(value, bool)
-        expected = "true or false"
-    elif isinstance(default, str) and not isinstance(default, int):
-        ok = isinstance(value, str) or (
-            isinstance(value, int) and not isinstance(value, bool)  # gradient_rounds = 3
-        )
-        expected = "a string"
-    elif isinstance(default, int):
-        ok = isinstance(value, int) and not isinstance(value, bool)
-        expected = "an integer"
-    elif isinstance(default, float):
-        ok = is_finite_number(value)
-        expected = "a finite number"
-    else:
-        return None
-    return None if ok else f"expected {expected}, got {value!r}"
-
-
-def _rule_problem(value: Any, rule: Rule) -> str | None:
-    check, bound = rule
-    if check == "choice":
-        return None if value in bound else f"expected one of {', '.join(bound)}, got {value!r}"
-    if check == "min" and value < bound:
-        return f"must be >= {bound}, got {value}"
-    if check == "max" and value > bound:
-        return f"must be <= {bound}, got {value}"
-    if check == "above" and value <= bound:
-        return f"must be > {bound}, got {value}"
-    if check == "below" and value >= bound:
-        return f"must be < {bound}, got {value}"
-    return None
 
 
 def _parse_network(data: Mapping[str, Any]) -> NetworkSpec:
@@ -261,23 +172,25 @@ def _parse_byzantine(
 ) -> ByzantineSpec:
     known = {"nodes", "strategy", "per_node"}
     for key in sorted(set(data) - known, key=str):
-        problems.append(f"byzantine.{key}: unknown key{suggest(str(key), known)}")
+        problems.append(f"unknown key [byzantine] {key}{suggest(str(key), known)}")
     nodes: tuple[int, ...] | None = None
     if "nodes" in data:
         raw = data["nodes"]
         if not isinstance(raw, list) or not all(_is_node_id(x, scenario.n) for x in raw):
-            problems.append(f"byzantine.nodes: expected a list of node ids in [0, n), got {raw!r}")
+            problems.append(
+                f"[byzantine] nodes: expected a list of node ids in [0, n), got {raw!r}"
+            )
         elif len(set(raw)) != len(raw):
-            problems.append(f"byzantine.nodes: duplicate ids in {raw!r}")
+            problems.append(f"[byzantine] nodes: duplicate ids in {raw!r}")
         else:
             nodes = tuple(sorted(raw))
     strategy = data.get("strategy", NO_ATTACK)
-    problems += [f"byzantine.strategy: {p}" for p in _strategy_problems(strategy)]
+    problems += [f"[byzantine] strategy: {p}" for p in _strategy_problems(strategy)]
     per_node: dict[int, StrategySpec] = {}
     raw_per_node = data.get("per_node", {})
     if not isinstance(raw_per_node, Mapping):
         problems.append(
-            f"byzantine.per_node: expected a table id -> strategy, got {raw_per_node!r}"
+            f"[byzantine] per_node: expected a table id -> strategy, got {raw_per_node!r}"
         )
         raw_per_node = {}
     listed = nodes if nodes is not None else tuple(range(scenario.n - scenario.f, scenario.n))
@@ -285,10 +198,10 @@ def _parse_byzantine(
         node = int(key) if str(key).isdigit() else -1
         if node not in listed:
             problems.append(
-                f"byzantine.per_node.{key}: not one of the Byzantine nodes {list(listed)}"
+                f"[byzantine] per_node.{key}: not one of the Byzantine nodes {list(listed)}"
             )
             continue
-        problems += [f"byzantine.per_node.{key}: {p}" for p in _strategy_problems(spec)]
+        problems += [f"[byzantine] per_node.{key}: {p}" for p in _strategy_problems(spec)]
         per_node[node] = spec
     return ByzantineSpec(nodes=nodes, strategy=strategy, per_node=per_node)
 

@@ -135,8 +135,9 @@ def make_cluster(
                 "checkpoint_dir": node.checkpoint_dir.name,
                 "linger_s": 5.0,
                 "log_level": "INFO",
+                "seed": 3,
             },
-            "task": {"name": "digits-mlp", "seed": 3},
+            "task": {"name": "digits-mlp"},
             "protocol": {"gradient_rounds": 1},
         }
         for section, values in (settings or {}).items():

@@ -11,7 +11,8 @@ import torch
 
 from node.checkpoint import Checkpoint, CheckpointError, CheckpointStore
 from node.tasks import load_task
-from node.trainer import Trainer, TrainerConfig
+from node.trainer import Trainer
+from node.training import TrainingSettings
 
 SESSION = "ab" * 32
 KEY = "public-key-b64"
@@ -20,7 +21,7 @@ DIGEST = "resume-digest"
 
 def trainer(seed: int = 0) -> Trainer:
     task = load_task("synthetic", 1)
-    return Trainer(task, np.arange(200), TrainerConfig(batch_size=16), node_seed=seed)
+    return Trainer(task, np.arange(200), TrainingSettings(batch_size=16), node_seed=seed)
 
 
 def checkpoint_of(learner: Trainer, step: int) -> Checkpoint:

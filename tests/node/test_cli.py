@@ -186,8 +186,8 @@ def test_a_sound_node_passes_its_checks(cluster: Path, capsys: pytest.CaptureFix
         (("--id", "1"), "is node 0's, not node 1's in"),
         (("--task", "no_such_module:task"), "cannot import module 'no_such_module'"),
         (("--roster", "missing.toml"), "missing.toml: cannot read roster"),
-        (("--lr", "-1"), "[training] lr must be positive"),
-        (("--part", "7"), "[task] part 7 does not exist: the train set is cut in 4 parts"),
+        (("--lr", "-1"), "jungle: [training] lr: must be > 0, got -1.0"),
+        (("--part", "7"), "[node] part 7 does not exist: the train set is cut in 4 parts"),
         (("--byzantine", "teleport"), "unknown strategy 'teleport'"),
     ],
 )

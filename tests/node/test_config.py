@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from node.config import ConfigError, NodeConfig, load_config
+from node.transport_config import TransportSettings
 from protocol.core import GradientSchedule
 
 FULL = """
@@ -21,9 +22,12 @@ eval_every = 20
 checkpoint_dir = "ckpt"
 checkpoint_every = 25
 metrics_file = "metrics/node2.jsonl"
-log_level = "debug"
+log_level = "DEBUG"
 linger_s = 3
 wait_for_peers_s = 0
+seed = 7
+parts = 8
+part = 5
 
 [protocol]
 aggregator = "median"
@@ -33,11 +37,10 @@ steps_ahead_max = 6
 
 [task]
 name = "digits-cnn"
-seed = 7
-partition = "dirichlet"
+
+[partition]
+scheme = "dirichlet"
 alpha = 0.5
-parts = 8
-part = 5
 
 [training]
 lr = 0.1
@@ -79,38 +82,38 @@ def test_every_section_is_read_with_its_types(tmp_path: Path) -> None:
     config = load_config(write(tmp_path, FULL))
 
     node = config.node
-    assert (node.id, node.f, node.steps, node.eval_every) == (2, 1, 200, 20)
+    assert (node.id, node.f, config.run.steps, config.run.eval_every) == (2, 1, 200, 20)
     assert node.key_file == tmp_path / "keys/node2.key"  # relative to the config's folder
     assert node.metrics_file == tmp_path / "metrics/node2.jsonl"
     assert node.listen == "0.0.0.0:7402" and node.linger_s == 3.0
     assert isinstance(node.linger_s, float)
     assert config.protocol.aggregator == "median"
-    schedule = config.round_schedule()
+    schedule = config.protocol.round_schedule()
     assert schedule.gradient == GradientSchedule.CONSTANT and schedule.gradient_rounds == 3
     assert schedule.model_rounds == 0
-    assert (config.task.name, config.task.parts, config.task.part) == ("digits-cnn", 8, 5)
-    trainer = config.trainer_config()
-    assert (trainer.lr, trainer.momentum, trainer.batch_size, trainer.local_steps) == (
+    assert (config.task.name, node.seed, node.parts, node.part) == ("digits-cnn", 7, 8, 5)
+    assert (config.partition.scheme, config.partition.alpha) == ("dirichlet", 0.5)
+    training = config.training
+    assert (training.lr, training.momentum, training.batch_size, training.local_steps) == (
         0.1,
         0.5,
         64,
         2,
     )
-    assert trainer.seed == 7  # the task seed drives the trainer's streams too
-    assert config.transport_options() == {"queue_bytes_max": 1048576, "backoff_s_max": 2.5}
+    assert config.transport == TransportSettings(queue_bytes_max=1048576, backoff_s_max=2.5)
     assert config.byzantine.strategy == {"name": "alie", "z": 1.5}
 
 
 def test_defaults_fill_everything_but_identity(tmp_path: Path) -> None:
     config = load_config(write(tmp_path, MINIMAL))
 
-    assert config.node.steps == 100
+    assert config.run.steps == 100
     assert config.node.checkpoint_dir == tmp_path / "checkpoints"  # beside the config file
-    assert config.round_schedule().gradient == GradientSchedule.LOG2
+    assert config.protocol.round_schedule().gradient == GradientSchedule.LOG2
     assert config.protocol.aggregator == "trimmed_mean"
-    assert config.task.name == "digits-mlp" and config.task.part is None
-    assert config.trainer_config().lr == 0.3  # TrainerConfig's own default
-    assert config.transport_options() == {} and config.byzantine.strategy is None
+    assert config.task.name == "digits-mlp" and config.node.part is None
+    assert config.training.lr == 0.3
+    assert config.transport == TransportSettings() and config.byzantine.strategy is None
 
 
 def test_flags_override_the_file_and_paths_follow_the_working_directory(
@@ -130,15 +133,15 @@ def test_flags_override_the_file_and_paths_follow_the_working_directory(
     assert config.node.id == 3
     assert config.node.key_file == Path("/srv/jungle/other/node3.key")
     assert config.node.roster == tmp_path / "roster.toml"  # not overridden
-    assert config.trainer_config().lr == 0.05
-    assert config.round_schedule().gradient == GradientSchedule.LOG2
+    assert config.training.lr == 0.05
+    assert config.protocol.round_schedule().gradient == GradientSchedule.LOG2
 
 
 def test_a_number_of_rounds_given_as_text_is_a_number(tmp_path: Path) -> None:
     config = load_config(write(tmp_path, MINIMAL), {"protocol.gradient_rounds": "2"})
 
     assert config.protocol.gradient_rounds == 2
-    assert config.round_schedule().gradient_rounds == 2
+    assert config.protocol.round_schedule().gradient_rounds == 2
 
 
 def test_flags_alone_make_a_config() -> None:
@@ -164,9 +167,19 @@ def test_typos_are_named_with_a_suggestion(tmp_path: Path) -> None:
     text = MINIMAL + '\n[trainig]\nlr = 1\n\n[task]\nnmae = "x"\n'
     problems = problems_of(write(tmp_path, text))
 
-    assert any("unknown section [trainig] (did you mean training?)" in p for p in problems)
-    assert any("unknown key [task] nmae (did you mean name?)" in p for p in problems)
+    assert any("unknown table [trainig] (did you mean 'training'?)" in p for p in problems)
+    assert any("unknown key [task] nmae (did you mean 'name'?)" in p for p in problems)
     assert len(problems) == 2
+
+
+def test_keys_of_earlier_versions_say_where_they_went(tmp_path: Path) -> None:
+    text = MINIMAL + '\n[task]\nseed = 3\npartition = "iid"\n'
+    problems = problems_of(write(tmp_path, text))
+
+    assert any("unknown key [task] seed: it moved to [node] seed" in p for p in problems)
+    assert any(
+        "unknown key [task] partition: it moved to [partition] scheme" in p for p in problems
+    )
 
 
 def test_wrong_types_are_refused_not_coerced(tmp_path: Path) -> None:
@@ -174,9 +187,9 @@ def test_wrong_types_are_refused_not_coerced(tmp_path: Path) -> None:
     problems = problems_of(write(tmp_path, text))
 
     assert len(problems) == 3, problems
-    assert any("[node] f: expected int, got 'one'" in p for p in problems)
-    assert any("[node] steps: expected int, got True" in p for p in problems)
-    assert any("[node] linger_s: expected float, got [1]" in p for p in problems)
+    assert any("[node] f: expected an integer, got 'one'" in p for p in problems)
+    assert any("[node] steps: expected an integer, got True" in p for p in problems)
+    assert any("[node] linger_s: expected a number, got [1]" in p for p in problems)
 
 
 def test_every_bad_value_is_reported_in_one_go(tmp_path: Path) -> None:
@@ -187,27 +200,27 @@ def test_every_bad_value_is_reported_in_one_go(tmp_path: Path) -> None:
         "node.listen": "nowhere",
         "protocol.aggregator": "average",
         "protocol.gradient_rounds": "sometimes",
-        "task.partition": "random",
-        "task.alpha": 0.0,
-        "task.parts": 4,
-        "task.part": 4,
+        "partition.scheme": "random",
+        "partition.alpha": 0.0,
+        "node.parts": 4,
+        "node.part": 4,
         "training.lr": -0.1,
         "transport.queue_bytes_max": 0,
     }
     problems = problems_of(write(tmp_path, MINIMAL), overrides)
 
     expected = [
-        "[node] f must be non-negative",
-        "[node] steps must be positive",
-        "[node] log_level must be one of",
+        "[node] f: must be >= 0, got -1",
+        "[node] steps: must be >= 1, got 0",
+        "[node] log_level: expected one of DEBUG, INFO, WARNING, ERROR, got 'LOUD'",
         "[node] listen: address 'nowhere' has no port",
-        "[protocol] aggregator 'average' is unknown; valid: mda, mean, median, trimmed_mean",
-        '[protocol] gradient_rounds must be "log2" or an integer',
-        "[task] partition 'random' is unknown",
-        "[task] alpha must be positive",
-        "[task] part 4 does not exist: parts = 4",
-        "[training] lr must be positive",
-        "[transport] queue_bytes_max must be positive",
+        "[node] part: part 4 does not exist: parts = 4",
+        "[protocol] aggregator: expected one of mda, mean, median, trimmed_mean, got 'average'",
+        "[protocol] gradient_rounds: expected one of log2, got 'sometimes'",
+        "[partition] scheme: expected one of iid, dirichlet, shards, got 'random'",
+        "[partition] alpha: must be > 0, got 0.0",
+        "[training] lr: must be > 0, got -0.1",
+        "[transport] queue_bytes_max: must be >= 1, got 0",
     ]
     for fragment in expected:
         assert sum(fragment in problem for problem in problems) == 1, (fragment, problems)
@@ -235,10 +248,10 @@ def test_resume_digest_tracks_model_and_data_but_not_optimiser_or_length(
     assert digest(**{"training.lr": 0.01, "node.steps": 5000, "node.f": 0}) == base
     for changed in (
         {"node.id": 1},
-        {"task.seed": 1},
+        {"node.seed": 1},
         {"task.name": "synthetic"},
-        {"task.partition": "shards"},
-        {"task.part": 3},
+        {"partition.scheme": "shards"},
+        {"node.part": 3},
     ):
         assert digest(**changed) != base, changed
 
@@ -247,5 +260,6 @@ def test_to_json_is_plain_data(tmp_path: Path) -> None:
     record = load_config(write(tmp_path, FULL)).to_json()
 
     assert record["node"]["key_file"] == str(tmp_path / "keys/node2.key")
-    assert record["training"]["lr"] == 0.1 and record["training"]["weight_decay"] is None
+    assert record["training"]["lr"] == 0.1 and record["training"]["weight_decay"] == 0.0
+    assert record["node"]["steps"] == 200  # the run's settings sit in [node]
     assert record["byzantine"]["strategy"] == {"name": "alie", "z": 1.5}

@@ -89,7 +89,7 @@ def test_any_pattern_of_kills_and_restarts_finishes_and_accuses_nobody(
                 "linger_s": 60.0,
                 "stall_timeout_s": 120.0,
             },
-            "task": {"partition": "dirichlet", "alpha": 0.5},
+            "partition": {"scheme": "dirichlet", "alpha": 0.5},
         },
     )
     processes = [NodeProcess(node).start() for node in cluster.nodes]

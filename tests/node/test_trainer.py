@@ -13,7 +13,8 @@ from torch import nn
 
 from node.partition import partition
 from node.tasks import BUILTIN_TASKS, Task, load_task
-from node.trainer import Trainer, TrainerConfig
+from node.trainer import Trainer
+from node.training import TrainingSettings
 
 HERE = "tests.node.test_trainer"
 
@@ -137,8 +138,8 @@ def test_custom_task_from_module_function() -> None:
     assert task.train.X.dtype == torch.float32 and task.train.y.dtype == torch.int64
     same = load_task(f"{HERE}:tiny_task", seed=7)
     a, b = (
-        Trainer(task, np.arange(40), TrainerConfig(), 0),
-        Trainer(same, np.arange(40), TrainerConfig(), 1),
+        Trainer(task, np.arange(40), TrainingSettings(), 0),
+        Trainer(same, np.arange(40), TrainingSettings(), 1),
     )
     assert np.array_equal(a.parameters(), b.parameters())
     train_locally(a, 100)
@@ -170,17 +171,17 @@ def test_bad_task_specs_raise_value_error(spec: str, message: str) -> None:
 
 def test_same_seed_gives_identical_initial_models_on_every_node(digits: Task) -> None:
     parts = partition(digits.train.y.numpy(), 2, "iid", seed=0)
-    a = Trainer(digits, parts[0], TrainerConfig(seed=0), node_seed=0)
-    b = Trainer(load_task("digits-mlp", seed=0), parts[1], TrainerConfig(seed=0), node_seed=1)
+    a = Trainer(digits, parts[0], TrainingSettings(), node_seed=0)
+    b = Trainer(load_task("digits-mlp", seed=0), parts[1], TrainingSettings(), node_seed=1)
     assert a.dim == b.dim == 64 * 64 + 64 + 64 * 10 + 10
     assert np.array_equal(a.parameters(), b.parameters())
-    c = Trainer(load_task("digits-mlp", seed=1), parts[0], TrainerConfig(seed=0), node_seed=0)
+    c = Trainer(load_task("digits-mlp", seed=1), parts[0], TrainingSettings(), node_seed=0)
     assert not np.array_equal(a.parameters(), c.parameters())
 
 
 def test_gradients_are_deterministic_per_node_seed(digits: Task) -> None:
     def first_gradients(node_seed: int) -> list[np.ndarray]:
-        trainer = Trainer(digits, whole_train_set(digits), TrainerConfig(), node_seed)
+        trainer = Trainer(digits, whole_train_set(digits), TrainingSettings(), node_seed)
         return [trainer.gradient() for _ in range(3)]
 
     same, again, other = first_gradients(4), first_gradients(4), first_gradients(5)
@@ -190,8 +191,8 @@ def test_gradients_are_deterministic_per_node_seed(digits: Task) -> None:
 
 def test_stochastic_models_draw_from_the_trainers_private_rng() -> None:
     task = load_task(f"{HERE}:dropout_task", seed=0)
-    a = Trainer(task, np.arange(16), TrainerConfig(momentum=0.0), node_seed=2)
-    b = Trainer(task, np.arange(16), TrainerConfig(momentum=0.0), node_seed=2)
+    a = Trainer(task, np.arange(16), TrainingSettings(momentum=0.0), node_seed=2)
+    b = Trainer(task, np.arange(16), TrainingSettings(momentum=0.0), node_seed=2)
     ga = a.gradient()
     torch.rand(1000)  # other nodes in the same process consume the global RNG in between
     gb = b.gradient()
@@ -200,7 +201,7 @@ def test_stochastic_models_draw_from_the_trainers_private_rng() -> None:
 
 
 def test_local_training_on_digits_reaches_85_percent(digits: Task) -> None:
-    trainer = Trainer(digits, whole_train_set(digits), TrainerConfig(seed=0), node_seed=0)
+    trainer = Trainer(digits, whole_train_set(digits), TrainingSettings(), node_seed=0)
     loss_before, _ = trainer.evaluate()
     train_locally(trainer, 300)
     loss_after, accuracy = trainer.evaluate()
@@ -210,7 +211,7 @@ def test_local_training_on_digits_reaches_85_percent(digits: Task) -> None:
 
 
 def test_evaluate_matches_a_direct_computation(digits: Task) -> None:
-    trainer = Trainer(digits, whole_train_set(digits), TrainerConfig(eval_batch_size=100), 0)
+    trainer = Trainer(digits, whole_train_set(digits), TrainingSettings(eval_batch_size=100), 0)
     train_locally(trainer, 20)
     with torch.no_grad():
         logits = trainer.model(digits.test.X)
@@ -220,8 +221,8 @@ def test_evaluate_matches_a_direct_computation(digits: Task) -> None:
 
 
 def test_momentum_is_an_exponential_moving_average_of_gradients(digits: Task) -> None:
-    plain = Trainer(digits, whole_train_set(digits), TrainerConfig(momentum=0.0), 0)
-    averaged = Trainer(digits, whole_train_set(digits), TrainerConfig(momentum=0.9), 0)
+    plain = Trainer(digits, whole_train_set(digits), TrainingSettings(momentum=0.0), 0)
+    averaged = Trainer(digits, whole_train_set(digits), TrainingSettings(momentum=0.9), 0)
     g1, g2 = plain.gradient(), plain.gradient()
     m1, m2 = averaged.gradient(), averaged.gradient()
     assert np.array_equal(m1, g1)  # m_1 = g_1: no bias towards zero
@@ -230,8 +231,8 @@ def test_momentum_is_an_exponential_moving_average_of_gradients(digits: Task) ->
 
 
 def test_local_steps_average_that_many_batch_gradients(digits: Task) -> None:
-    one = Trainer(digits, whole_train_set(digits), TrainerConfig(momentum=0.0), 0)
-    two = Trainer(digits, whole_train_set(digits), TrainerConfig(momentum=0.0, local_steps=2), 0)
+    one = Trainer(digits, whole_train_set(digits), TrainingSettings(momentum=0.0), 0)
+    two = Trainer(digits, whole_train_set(digits), TrainingSettings(momentum=0.0, local_steps=2), 0)
     g1, loss1 = one.gradient(), one.train_loss
     g2, loss2 = one.gradient(), one.train_loss
     np.testing.assert_allclose(two.gradient(), (g1 + g2) / 2, rtol=1e-5, atol=1e-7)
@@ -240,16 +241,16 @@ def test_local_steps_average_that_many_batch_gradients(digits: Task) -> None:
 
 
 def test_weight_decay_adds_the_l2_gradient(digits: Task) -> None:
-    plain = Trainer(digits, whole_train_set(digits), TrainerConfig(momentum=0.0), 0)
+    plain = Trainer(digits, whole_train_set(digits), TrainingSettings(momentum=0.0), 0)
     decayed = Trainer(
-        digits, whole_train_set(digits), TrainerConfig(momentum=0.0, weight_decay=0.01), 0
+        digits, whole_train_set(digits), TrainingSettings(momentum=0.0, weight_decay=0.01), 0
     )
     expected = plain.gradient() + 0.01 * plain.parameters()
     np.testing.assert_allclose(decayed.gradient(), expected, rtol=1e-5, atol=1e-7)
 
 
 def test_apply_and_set_move_exactly_the_flat_vector(digits: Task) -> None:
-    trainer = Trainer(digits, whole_train_set(digits), TrainerConfig(lr=0.5), 0)
+    trainer = Trainer(digits, whole_train_set(digits), TrainingSettings(lr=0.5), 0)
     before = trainer.parameters()
     update = np.random.default_rng(0).normal(size=trainer.dim).astype(np.float32)
     trainer.apply_gradient(update)
@@ -273,7 +274,7 @@ def test_apply_and_set_move_exactly_the_flat_vector(digits: Task) -> None:
 
 
 def test_inverse_sqrt_schedule_decays_the_learning_rate(digits: Task) -> None:
-    config = TrainerConfig(lr=0.4, lr_schedule="inverse_sqrt", lr_decay_steps=10)
+    config = TrainingSettings(lr=0.4, lr_schedule="inverse_sqrt", lr_decay_steps=10)
     trainer = Trainer(digits, whole_train_set(digits), config, 0)
     assert trainer.lr() == 0.4
     zeros = np.zeros(trainer.dim, dtype=np.float32)
@@ -285,7 +286,7 @@ def test_inverse_sqrt_schedule_decays_the_learning_rate(digits: Task) -> None:
 def test_state_round_trips_through_torch_save_with_weights_only(
     digits: Task, tmp_path: Path
 ) -> None:
-    config = TrainerConfig(batch_size=500)  # several batches cross an epoch boundary
+    config = TrainingSettings(batch_size=500)  # several batches cross an epoch boundary
     original = Trainer(digits, whole_train_set(digits), config, node_seed=0)
     train_locally(original, 7)
     path = tmp_path / "trainer.pt"
@@ -305,10 +306,10 @@ def test_state_round_trips_through_torch_save_with_weights_only(
 
 def test_a_checkpoint_of_another_model_or_data_is_refused(digits: Task) -> None:
     synthetic = load_task("synthetic", seed=0)
-    other_model = Trainer(synthetic, whole_train_set(synthetic), TrainerConfig(), 0)
-    other_data = Trainer(digits, np.arange(100), TrainerConfig(), 0)
+    other_model = Trainer(synthetic, whole_train_set(synthetic), TrainingSettings(), 0)
+    other_data = Trainer(digits, np.arange(100), TrainingSettings(), 0)
     other_data.gradient()  # its sampler now holds a permutation of 100 samples
-    trainer = Trainer(digits, whole_train_set(digits), TrainerConfig(), 0)
+    trainer = Trainer(digits, whole_train_set(digits), TrainingSettings(), 0)
     before = trainer.state_dict()
     with pytest.raises(ValueError, match="does not match"):
         trainer.load_state_dict(other_model.state_dict())
@@ -319,7 +320,7 @@ def test_a_checkpoint_of_another_model_or_data_is_refused(digits: Task) -> None:
 
 def test_label_map_flips_this_nodes_labels(digits: Task) -> None:
     flip = np.arange(digits.num_classes)[::-1].copy()  # y -> 9 - y
-    trainer = Trainer(digits, whole_train_set(digits), TrainerConfig(), 0, label_map=flip)
+    trainer = Trainer(digits, whole_train_set(digits), TrainingSettings(), 0, label_map=flip)
     train_locally(trainer, 300)
     _, accuracy = trainer.evaluate()
     with torch.no_grad():
@@ -334,7 +335,7 @@ def test_label_map_flips_this_nodes_labels(digits: Task) -> None:
 )
 def test_bad_label_maps_are_refused(digits: Task, label_map: np.ndarray) -> None:
     with pytest.raises(ValueError, match="label_map"):
-        Trainer(digits, whole_train_set(digits), TrainerConfig(), 0, label_map=label_map)
+        Trainer(digits, whole_train_set(digits), TrainingSettings(), 0, label_map=label_map)
 
 
 @pytest.mark.parametrize(
@@ -352,10 +353,10 @@ def test_bad_label_maps_are_refused(digits: Task, label_map: np.ndarray) -> None
 )
 def test_bad_configs_are_refused(kwargs: dict[str, Any]) -> None:
     with pytest.raises(ValueError):
-        TrainerConfig(**kwargs)
+        TrainingSettings(**kwargs)
 
 
 def test_bad_indices_are_refused(digits: Task) -> None:
     for indices in (np.array([], dtype=np.int64), np.array([0, len(digits.train)]), np.array([-1])):
         with pytest.raises(ValueError, match="indices"):
-            Trainer(digits, indices, TrainerConfig(), 0)
+            Trainer(digits, indices, TrainingSettings(), 0)

@@ -81,7 +81,7 @@ async def test_oversize_length_prefix_before_and_after_authentication() -> None:
             # A roster member may send more, but never more than frame_bytes_max.
             link = await dial_as(target_port(cluster), cluster.roster, node_key(2), 0)
             async with link.stream:
-                limit = cluster.configs[0].frame_bytes_max
+                limit = cluster.configs[0].settings.frame_bytes_max
                 await link.send_raw(LENGTH.pack(limit + 1) + bytes(64))
                 await wait_closed_by_peer(link.stream)
             assert faults(cluster) == {"frame_oversize": {UNKNOWN: 1, 2: 1}}

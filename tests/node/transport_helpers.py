@@ -7,7 +7,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 import blake3
@@ -19,6 +19,7 @@ from node.frame_auth import FrameOpener, FrameSealer
 from node.framing import FrameReader, send_buffers
 from node.roster import Roster, RosterEntry
 from node.transport import TcpTransport, TransportConfig, open_tcp_transport
+from node.transport_config import TransportSettings
 
 HOST = "127.0.0.1"
 #: short backoff so reconnects in tests take milliseconds
@@ -97,8 +98,11 @@ async def open_cluster(
     listen_ports = [port_of(ls) for ls in listeners]
     ports = [(dial_ports or {}).get(index, port) for index, port in enumerate(listen_ports)]
     roster = make_roster(ports, session)
-    settings = {**FAST, **config}
-    configs = [TransportConfig(index, node_key(index), roster, **settings) for index in range(n)]
+    base = TransportConfig(0, node_key(0), roster)
+    configs = [
+        with_overrides(replace(base, me=index, signing_key=node_key(index)), **{**FAST, **config})
+        for index in range(n)
+    ]
     async with trio.open_nursery() as nursery:
         cluster = Cluster(roster, [None] * n, listeners, listen_ports, configs, nursery)
         try:
@@ -139,7 +143,12 @@ async def run_node(
 
 
 def with_overrides(config: TransportConfig, **changes: Any) -> TransportConfig:
-    return replace(config, **changes)
+    """``config`` with fields replaced, [transport] settings (limits, timings) included."""
+    settings = {key: changes.pop(key) for key in list(changes) if key in _SETTINGS}
+    return replace(config, settings=replace(config.settings, **settings), **changes)
+
+
+_SETTINGS = {field.name for field in fields(TransportSettings)}
 
 
 # -- a man in the middle --------------------------------------------------------------------

@@ -266,7 +266,7 @@ def test_cli_exit_codes_for_bad_input_and_incomplete_runs(
 ) -> None:
     bad = write_scenario(tmp_path, stepz=2)
     assert main([str(bad), "--quiet"]) == 2
-    assert "stepz: unknown key (did you mean 'steps'?)" in capsys.readouterr().err
+    assert "unknown key stepz (did you mean 'steps'?)" in capsys.readouterr().err
     assert main([str(tmp_path / "nowhere.toml")]) == 2
     assert main(["--steps", "0"]) == 2
     with pytest.raises(SystemExit) as exited:

@@ -121,7 +121,7 @@ def test_setup_writes_keys_roster_and_configs_from_the_seed(tmp_path: Path) -> N
     for files in setup.nodes:
         assert stat.S_IMODE(os.stat(files.key).st_mode) == 0o600
         config = tomllib.loads(files.config.read_text())
-        assert config["node"]["f"] == 1 and config["task"]["seed"] == 3
+        assert config["node"]["f"] == 1 and config["node"]["seed"] == 3
         assert config["transport"]["send_delay"]["slow_nodes"] == {"2": 2.0}
         assert ("byzantine" in config) == (files.id == 3)
         assert (files.checkpoint is None) == (files.id == 3)
@@ -149,7 +149,7 @@ def test_bad_send_delays_are_refused_before_start(tmp_path: Path) -> None:
         prepare_node(load_config(path))
     config["transport"]["send_delay"] = True
     path.write_text(toml_document(config))
-    with pytest.raises(ConfigError, match="send_delay must be seconds, a string or a table"):
+    with pytest.raises(ConfigError, match="send_delay: must be seconds, a string or a table"):
         load_config(path)
 
 
@@ -196,7 +196,7 @@ def test_an_honest_node_that_fails_ends_the_run_with_its_log(
     print_failures(summary, end, {files.id: files.log for files in setup.nodes})
     error = capsys.readouterr().err
     assert "honest node 1 exited with status 2 after 0/8 steps" in error
-    assert "steps must be positive" in error  # the end of node 1's log
+    assert "[node] steps: must be >= 1, got -1" in error  # the end of node 1's log
 
 
 def test_a_run_past_its_time_limit_exits_1(

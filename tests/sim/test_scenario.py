@@ -43,7 +43,7 @@ def test_builtin_scenarios_are_valid_and_round_trip(name: str) -> None:
 
 def test_default_scenario_is_the_demo_the_issue_asks_for() -> None:
     scenario = Scenario.from_toml(SCENARIOS_DIR / "default.toml")
-    assert (scenario.n, scenario.f, scenario.task) == (10, 3, "digits-mlp")
+    assert (scenario.n, scenario.f, scenario.task.name) == (10, 3, "digits-mlp")
     assert scenario.partition.scheme == "dirichlet"
     assert scenario.protocol.crypto
     attacks = scenario.byzantine_strategies()
@@ -68,7 +68,7 @@ def test_with_values_changes_dotted_fields_and_validates_again() -> None:
     assert scenario.protocol.aggregator == "median"
     assert scenario.steps == 7
     assert scenario.network.params == {"duplicate_prob": 0.1}
-    with pytest.raises(ScenarioError, match=r"protocol\.aggregator"):
+    with pytest.raises(ScenarioError, match=r"\[protocol\] aggregator"):
         Scenario().with_values({"protocol.aggregator": "avg"})
 
 
@@ -84,23 +84,25 @@ def test_every_problem_is_reported_at_once_one_line_each() -> None:
     )
     text = "\n".join(problems)
     assert "n: expected an integer, got 'ten'" in problems
-    assert "stepz: unknown key (did you mean 'steps'?)" in problems
-    assert "protocol.agregator: unknown key (did you mean 'aggregator'?)" in problems
-    assert "protocol.model_rounds: must be >= 0, got -1" in problems
-    assert "training.lr: must be > 0.0, got 0.0" in problems
-    assert "training.momentum: must be < 1.0, got 1.0" in problems
-    assert "partition.scheme" in text and "zipf" in text
+    assert "unknown key stepz (did you mean 'steps'?)" in problems
+    assert "unknown key [protocol] agregator (did you mean 'aggregator'?)" in problems
+    assert "[protocol] model_rounds: must be >= 0, got -1" in problems
+    assert "[training] lr: must be > 0, got 0.0" in problems
+    assert "[training] momentum: must be < 1, got 1.0" in problems
+    assert "[partition] scheme" in text and "zipf" in text
     assert all("\n" not in problem for problem in problems)
 
 
 def test_protocol_bounds_and_round_schedule_are_checked() -> None:
-    assert any("n >= 7" in p for p in problems_of({"n": 6, "f": 2}))
-    assert any("n >= 19" in p for p in problems_of({"protocol": {"aggregator": "mda"}}))
+    assert problems_of({"n": 6, "f": 2}) == (
+        "n: n=6 nodes cannot tolerate f=2 with trimmed_mean: it needs n >= 3f+1 = 7",
+    )
+    assert any("n >= 6f+1 = 19" in p for p in problems_of({"protocol": {"aggregator": "mda"}}))
     assert problems_of({"protocol": {"gradient_rounds": "linear"}}) == (
-        "protocol.gradient_rounds: expected 'log2' or a count, got 'linear'",
+        "[protocol] gradient_rounds: expected one of log2, got 'linear'",
     )
     assert problems_of({"protocol": {"gradient_rounds": 9}}) == (
-        "protocol.gradient_rounds: must be in [1, 8]",
+        "[protocol] gradient_rounds: must be <= rounds_max (8)",
     )
     constant = Scenario.from_dict({"steps": 4, "protocol": {"gradient_rounds": 2}})
     assert constant.agreement_rounds() == 4 * (2 + 1)
@@ -125,26 +127,26 @@ def test_byzantine_nodes_default_to_the_last_f_and_per_node_overrides() -> None:
 
 def test_byzantine_mistakes_are_named() -> None:
     problems = problems_of({"byzantine": {"nodes": [1, 1], "per_node": {"3": "alie"}}})
-    assert "byzantine.nodes: duplicate ids in [1, 1]" in problems
+    assert "[byzantine] nodes: duplicate ids in [1, 1]" in problems
     assert any(
-        p.startswith("byzantine.per_node.3: not one of the Byzantine nodes") for p in problems
+        p.startswith("[byzantine] per_node.3: not one of the Byzantine nodes") for p in problems
     )
     (problem,) = problems_of({"byzantine": {"strategy": "alies"}})
-    assert problem.startswith("byzantine: nodes [7, 8, 9]: unknown strategy 'alies'")
+    assert problem.startswith("[byzantine] nodes [7, 8, 9]: unknown strategy 'alies'")
     (problem,) = problems_of({"byzantine": {"strategy": {"name": "ipm", "epsilom": 1.0}}})
     assert "epsilom" in problem and "epsilon" in problem
     (problem,) = problems_of({"byzantine": {"strategy": 3}})
-    assert problem.startswith("byzantine.strategy: expected a name")
+    assert problem.startswith("[byzantine] strategy: expected a name")
     assert problems_of({"byzantine": {"nodes": [10]}}) == (
-        "byzantine.nodes: expected a list of node ids in [0, n), got [10]",
+        "[byzantine] nodes: expected a list of node ids in [0, n), got [10]",
     )
 
 
 def test_network_mistakes_are_named() -> None:
     (problem,) = problems_of({"network": {"link_delay": "gamma k=2"}})
-    assert problem.startswith("network:") and "gamma" in problem
+    assert problem.startswith("[network]:") and "gamma" in problem
     (problem,) = problems_of({"network": {"slow_nodes": {"12": 3.0}}})
-    assert problem == "network.slow_nodes: no node '12' (n=10)"
+    assert problem == "[network] slow_nodes: no node '12' (n=10)"
     (problem,) = problems_of({"network": {"scheduler": "nowhere:Nothing"}})
     assert "nowhere" in problem
     (problem,) = problems_of({"network": {"jitter": 0.1}})
@@ -195,7 +197,7 @@ def test_grid_reads_axes_table_and_overrides(tmp_path: Path) -> None:
 def test_a_scenario_needs_an_honest_node() -> None:
     everyone = {"n": 4, "f": 1, "byzantine": {"nodes": [0, 1, 2, 3], "strategy": "silent"}}
     assert problems_of(everyone) == (
-        "byzantine: every node is Byzantine; there is nothing to measure",
+        "[byzantine]: every node is Byzantine; there is nothing to measure",
     )
 
 
@@ -205,4 +207,4 @@ def test_grid_names_the_cell_that_is_invalid(tmp_path: Path) -> None:
     with pytest.raises(ScenarioError) as caught:
         Grid.from_toml(grid_file)
     (problem,) = caught.value.problems
-    assert "cell protocol.aggregator=avg: protocol.aggregator: expected one of" in problem
+    assert "cell protocol.aggregator=avg: [protocol] aggregator: expected one of" in problem
