@@ -8,6 +8,7 @@ import socket
 import stat
 import subprocess
 import sys
+import tomllib
 import types
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +25,7 @@ from node.roster import load_roster
 from protocol.codec import encode, encode_array
 from protocol.crypto import Ed25519Scheme, EquivocationProof, digest
 from protocol.messages import InstanceId, Kind, Phase, Send, Tag
+from sim.process_setup import toml_document
 from tests.node.helpers import REPO
 
 N = 4
@@ -283,6 +285,27 @@ def test_a_fresh_node_keeps_its_state_beside_the_config_by_default(
     assert status == 0, err
     # checked writable up front, beside the config file; --check writes no state in it
     assert list((cluster / "checkpoints").iterdir()) == []
+
+
+def test_a_scenarios_protocol_and_training_tables_pass_the_nodes_checks(
+    cluster: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    scenario = tomllib.loads((REPO / "sim/scenarios/default.toml").read_text(encoding="utf-8"))
+    tables = {"protocol": scenario["protocol"], "training": scenario["training"]}
+    node = {"node": {"roster": "r.toml", "f": 1}, "task": {"name": "synthetic"}}
+    (cluster / "node.toml").write_text(toml_document({**node, **tables}))
+    status, err = check(capsys, cluster)
+    assert status == 0, err
+    assert tables["protocol"]["crypto"] is True
+
+    tables["protocol"] = {**tables["protocol"], "crypto": False}
+    (cluster / "node.toml").write_text(toml_document({**node, **tables}))
+    status, err = check(capsys, cluster)
+    assert status == 2
+    [line] = errors(err)
+    assert line.endswith(
+        "[protocol] crypto: a real node always signs (crypto = false is for simulations)"
+    )
 
 
 def test_byzantine_specs_may_be_json(cluster: Path, capsys: pytest.CaptureFixture[str]) -> None:
