@@ -33,6 +33,7 @@ import trio
 from node.checkpoint import Checkpoint
 from node.divergence import DivergenceGuard
 from node.metrics import MetricsWriter, Progress, ProgressLine, is_log_point, peer_keyed
+from node.plugins import load_plugin
 from node.roster import parse_address
 from node.runner import Runner, RunnerHooks, StepRecord
 from node.startup import PreparedNode, announce
@@ -114,17 +115,14 @@ class NodeApp:
         except OSError as error:
             log.error("cannot write this node's state in %s: %s", prepared.journal.folder, error)
             return EXIT_FAILED
-        if strategy is not None:
-            from sim.strategies import StrategyContext, strategy_rng
-
-            strategy.bind(
-                StrategyContext.from_config(
-                    prepared.protocol_config,
-                    scheme,
-                    strategy_rng(self._config.node.seed, self._me),
-                    lambda: core.current_step,
-                    num_classes=prepared.num_classes,
-                )
+        if strategy is not None:  # loaded by the node plugin, which binds it too
+            load_plugin().bind_strategy(
+                strategy,
+                protocol_config=prepared.protocol_config,
+                scheme=scheme,
+                seed=self._config.node.seed,
+                current_step=lambda: core.current_step,
+                num_classes=prepared.num_classes,
             )
         announce(prepared)
         listeners = await self._listen()

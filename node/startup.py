@@ -15,7 +15,6 @@ this returns.
 from __future__ import annotations
 
 import logging
-import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ from node.checkpoint import Checkpoint, CheckpointError, CheckpointStore
 from node.config import DEFAULT_CHECKPOINT_DIR, NodeConfig
 from node.journal import Journal, JournalError
 from node.keys import KeyFileError, load_signing_key, public_key_b64
+from node.plugins import PluginUnavailable, load_plugin
 from node.roster import Roster, RosterError, load_roster, parse_address
 from node.transport_config import TransportConfig
 
@@ -67,7 +67,7 @@ class PreparedNode:
     restored: list[Message]
     #: classes the task's model scores (for strategies that need it)
     num_classes: int
-    #: the Byzantine strategy (sim.strategies), not bound yet; None for an honest node
+    #: the Byzantine strategy (from the node plugin), not bound yet; None for an honest node
     strategy: Any = None
 
     @property
@@ -206,53 +206,17 @@ def _transport_config(
 
 
 def _send_delay(config: NodeConfig) -> Callable[[int, int, int], float] | None:
-    """``[transport] send_delay`` as the transport's ``send_delay_s(dst, seq, size_bytes)``.
-
-    The message to ``dst`` numbered ``seq`` waits ``model.sample(u)`` times the
-    ``slow_nodes`` factors of this node and of ``dst`` (as the simulator's slow nodes: from
-    and to), with ``u`` drawn from the key (seed, me, dst, seq) alone. The delay models live
-    in sim/delays.py and are imported only when a delay is configured, so a node that
-    injects none never loads the simulator. ValueError says what is wrong.
-    """
+    """``[transport] send_delay`` as the transport's ``send_delay_s(dst, seq, size_bytes)``,
+    built by the node plugin (node/plugins.py: the simulator's delay models), which is
+    loaded only when a delay is configured. ValueError says what is wrong."""
     spec = config.transport.send_delay
     if spec is None:
         return None
-    from sim.delays import KeyedUniforms, parse_delay
-
-    options = dict(spec) if isinstance(spec, dict) else {}
-    seed = options.pop("seed", config.node.seed)
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"send_delay: seed must be an integer >= 0, got {seed!r}")
-    factors = _slow_node_factors(options.pop("slow_nodes", {}))
-    if isinstance(spec, dict):
-        model = parse_delay(options)
-    elif isinstance(spec, int | float | str) and not isinstance(spec, bool):
-        model = parse_delay(spec)
-    else:
-        raise ValueError(f"send_delay must be seconds, a string or a table, got {spec!r}")
-    draw = KeyedUniforms(seed)
-    me = config.node.id
-    own_factor = factors.get(me, 1.0)
-
-    def send_delay_s(dst: int, seq: int, size_bytes: int) -> float:
-        return model.sample(draw(me, dst, seq)) * own_factor * factors.get(dst, 1.0)
-
-    return send_delay_s
-
-
-def _slow_node_factors(table: object) -> dict[int, float]:
-    """``slow_nodes = {id = factor}`` of ``[transport] send_delay``."""
-    if not isinstance(table, dict):
-        raise ValueError(f"send_delay: slow_nodes must be a table {{id = factor}}, got {table!r}")
-    factors: dict[int, float] = {}
-    for node, factor in table.items():
-        number = isinstance(factor, int | float) and not isinstance(factor, bool)
-        if not (str(node).isdigit() and number and 0 < factor < math.inf):
-            raise ValueError(
-                f"send_delay: slow_nodes needs id = factor > 0, got {node} = {factor!r}"
-            )
-        factors[int(node)] = float(factor)
-    return factors
+    try:
+        plugin = load_plugin()
+    except PluginUnavailable as error:
+        raise ValueError(f"send_delay: {error}") from None
+    return plugin.send_delay(spec, seed=config.node.seed, me=config.node.id)
 
 
 def _load_strategy(config: NodeConfig, problems: list[str]) -> Any:
@@ -263,12 +227,12 @@ def _load_strategy(config: NodeConfig, problems: list[str]) -> Any:
         problems.append(f"[byzantine] strategy must be a name, a table or a list, got {spec!r}")
         return None
     try:
-        from sim.strategies import load_strategy
-    except ImportError as error:
+        plugin = load_plugin()
+    except PluginUnavailable as error:
         problems.append(f"[byzantine] strategies are unavailable: {error}")
         return None
     try:
-        return load_strategy(spec)
+        return plugin.load_strategy(spec)
     except (ValueError, TypeError, ImportError, AttributeError) as error:
         problems.append(f"[byzantine] strategy {spec!r}: {error}")
         return None

@@ -19,7 +19,7 @@ sys.path.insert(0, str(REPO))
 
 from node.config import NODE_TABLES  # noqa: E402
 from node.schema import markdown_table  # noqa: E402
-from sim.scenario_reader import SCENARIO_TABLES  # noqa: E402
+from sim.scenario import scenario_tables  # noqa: E402
 
 DOCS = (REPO / "docs" / "operators.md", REPO / "docs" / "simulator.md")
 _BLOCK = re.compile(r"(<!-- settings: ([a-z-]+) -->\n)(.*?)(<!-- /settings -->)", re.DOTALL)
@@ -28,7 +28,7 @@ _BLOCK = re.compile(r"(<!-- settings: ([a-z-]+) -->\n)(.*?)(<!-- /settings -->)"
 def tables() -> dict[str, str]:
     """What each block holds, by name."""
     generated = {"node": markdown_table(NODE_TABLES, flags=True)}
-    for table in SCENARIO_TABLES:
+    for table in scenario_tables():
         name = "scenario" if not table.name else f"scenario-{table.name}"
         generated[name] = markdown_table([table], flags=False)
     return generated

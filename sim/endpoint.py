@@ -10,14 +10,11 @@ because that is the per-message hot path.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from node.interfaces import TransportStatistics
-
-if TYPE_CHECKING:
-    from sim.network import VirtualNetwork
 
 __all__ = ["VirtualEndpoint", "VirtualTransportStatistics"]
 
@@ -37,6 +34,23 @@ class VirtualTransportStatistics(TransportStatistics):
     messages_received_by_kind: Mapping[str, int] = field(default_factory=dict)
     #: extra copies that reached this node and were dropped by (src, seq)
     duplicates_dropped: int = 0
+
+
+class Network(Protocol):
+    """What an endpoint needs of its network (sim/network.py's ``VirtualNetwork``)."""
+
+    n: int
+    _crashed: list[bool]
+    _classify: Callable[[bytes], tuple[str, tuple[int, ...]]]
+
+    def _schedule(
+        self,
+        endpoint: VirtualEndpoint,
+        dsts: Sequence[int],
+        kind: str,
+        tag: tuple[int, ...],
+        data: bytes,
+    ) -> None: ...
 
 
 #: Per message kind, ``[messages, bytes]``: one dict lookup per message instead of four.
@@ -73,7 +87,7 @@ class VirtualEndpoint:
         "node_id",
     )
 
-    def __init__(self, network: VirtualNetwork, node_id: int) -> None:
+    def __init__(self, network: Network, node_id: int) -> None:
         n = network.n
         self._network = network
         self.node_id = node_id

@@ -19,7 +19,7 @@ import logging
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Final
 
@@ -44,7 +44,7 @@ from sim.progress import Progress, ProgressSnapshot
 from sim.scenario import Scenario, ScenarioError
 from sim.schedulers import load_scheduler
 from sim.strategies import Strategy, StrategyContext, load_strategy, strategy_rng
-from sim.summary import Summary, build_summary
+from sim.summary import RunOutcome, Summary, build_summary
 
 # Purposes keying the streams derived from the scenario seed (DESIGN 6, rule 1).
 PURPOSE_TASK: Final = 1
@@ -82,13 +82,6 @@ def session_id(scenario: Scenario, seed: int, public_keys: list[bytes]) -> bytes
     for key in public_keys:
         hasher.update(key)
     return hasher.digest(32)
-
-
-@dataclass(frozen=True, slots=True)
-class RunOutcome:
-    completed: bool
-    stop_reason: str
-    virtual_seconds: float
 
 
 class Simulation:

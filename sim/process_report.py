@@ -3,7 +3,7 @@
 A ``jungle node`` writes JSON lines (docs/operators.md): ``round`` when it enters an
 agreement round, ``step`` per finished step with its cumulative traffic and fault counters,
 ``fault`` at the 1st, 10th, 100th, ... fault of each (kind, accused) with any equivocation
-proof, ``checkpoint``, and ``summary`` when it stops. ``sim.process_mode.NodeMetrics``
+proof, ``checkpoint``, and ``summary`` when it stops. ``sim.process_metrics.NodeMetrics``
 reads one such file as it grows; :func:`build_summary` and :func:`write_outputs` turn them
 into the same ``summary.json``, ``metrics.jsonl``, ``faults.jsonl``, plots and table as
 the in-process simulator, with what the nodes do not publish left out:
@@ -36,7 +36,7 @@ from sim.scenario import strategy_label
 from sim.summary import Summary
 
 if TYPE_CHECKING:
-    from sim.process_mode import NodeMetrics, RunEnd
+    from sim.process_metrics import NodeMetrics, RunEnd
     from sim.process_setup import ProcessSetup
     from sim.scenario import Scenario
 

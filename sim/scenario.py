@@ -22,26 +22,43 @@ See docs/simulator.md for the reference of every field.
 from __future__ import annotations
 
 import tomllib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Final
 
 from node.partition import PartitionSettings
 from node.runner import RunSettings
+from node.schema import Table
 from node.training import TaskSettings, TrainingSettings
 from protocol.core import RoundSchedule
 from protocol.messages import Phase
 from protocol.settings import ProtocolSettings, SettingsError, field_problems, setting
+from sim.scenario_parts import (
+    NO_ATTACK,
+    ByzantineSpec,
+    NetworkSpec,
+    StrategySpec,
+    is_no_attack,
+    strategy_label,
+)
+from sim.scenario_reader import check_plugins, read_scenario
 
-#: The strategy value meaning "behaves honestly" (an attack-free run keeps its node ids).
-NO_ATTACK: Final = "none"
+__all__ = [
+    "NO_ATTACK",
+    "SCENARIOS_DIR",
+    "ByzantineSpec",
+    "NetworkSpec",
+    "Scenario",
+    "ScenarioError",
+    "StrategySpec",
+    "builtin_scenarios",
+    "resolve_scenario",
+    "strategy_label",
+]
+
 #: Where the built-in scenario files live; ``jungle sim NAME`` looks here too.
 SCENARIOS_DIR: Final = Path(__file__).parent / "scenarios"
-
-#: A Byzantine strategy as a scenario writes it: a name, a table {name = ..., params...},
-#: a list of those (combined), or "module:Class".
-StrategySpec = str | Mapping[str, Any] | Sequence[Any]
 
 
 class ScenarioError(ValueError):
@@ -60,29 +77,6 @@ def read_toml(path: Path) -> dict[str, Any]:
         raise ScenarioError([f"{path}: cannot read: {error.strerror or error}"]) from None
     except tomllib.TOMLDecodeError as error:
         raise ScenarioError([f"{path}: not valid TOML: {error}"]) from None
-
-
-@dataclass(frozen=True, slots=True)
-class NetworkSpec:
-    """Who decides message delays: ``"default"`` (sim/schedulers.py ``DefaultScheduler``:
-    delay model, per-link overrides, slow nodes, duplicates, jitter, partitions) or a
-    ``"module:Class"`` Scheduler subclass; ``params`` are its settings."""
-
-    scheduler: str = "default"
-    params: Mapping[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True, slots=True)
-class ByzantineSpec:
-    """Which nodes are Byzantine and what each does.
-
-    Each id in ``nodes`` (default: the last f ids) runs ``per_node[id]`` if given, else
-    ``strategy``. A node whose strategy is ``"none"`` is honest, so the attack-free run of
-    a comparison is ``strategy = "none"``."""
-
-    nodes: tuple[int, ...] | None = None
-    strategy: StrategySpec = NO_ATTACK
-    per_node: Mapping[int, StrategySpec] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,9 +137,11 @@ class Scenario:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Scenario:
         """Validate plain data (a parsed TOML file); raises :class:`ScenarioError`."""
-        from sim.scenario_reader import read_scenario  # the reader imports this module
-
-        scenario, problems = read_scenario(data)
+        values, problems = read_scenario(data, scenario_tables())
+        if problems:
+            raise ScenarioError(problems)
+        scenario = cls(**values)
+        problems = check_plugins(scenario)
         if problems:
             raise ScenarioError(problems)
         return scenario
@@ -188,7 +184,7 @@ class Scenario:
         spec = self.byzantine
         nodes = spec.nodes if spec.nodes is not None else range(self.n - self.f, self.n)
         chosen = {node: spec.per_node.get(node, spec.strategy) for node in sorted(nodes)}
-        return {node: s for node, s in chosen.items() if not _is_no_attack(s)}
+        return {node: s for node, s in chosen.items() if not is_no_attack(s)}
 
     def round_schedule(self) -> RoundSchedule:
         """The protocol's round schedule for this scenario."""
@@ -207,21 +203,16 @@ class Scenario:
         return [node for node in range(self.n) if node not in byzantine]
 
 
-def _is_no_attack(spec: StrategySpec) -> bool:
-    return isinstance(spec, str) and spec == NO_ATTACK
-
-
-def strategy_label(spec: StrategySpec) -> str:
-    """A short readable name: ``"alie"``, ``"equivocate+sign_flip"``, ``"ipm(epsilon=0.5)"``,
-    ``"DoubleAgent(boost=3.0)"`` for ``{name = "examples.strategy_double_agent:DoubleAgent",
-    boost = 3.0}``."""
-    if isinstance(spec, str):
-        return spec.rpartition(":")[2]  # a custom class by its class name
-    if isinstance(spec, Mapping):
-        name = str(spec.get("name", "?")).rpartition(":")[2]
-        params = ", ".join(f"{k}={v}" for k, v in sorted(spec.items()) if k != "name")
-        return f"{name}({params})" if params else name
-    return "+".join(strategy_label(part) for part in spec)
+def scenario_tables() -> tuple[Table, ...]:
+    """A scenario file's tables: its top level (the scenario's own keys and the run's), and
+    those it shares with node configs."""
+    return (
+        Table("", (Scenario, RunSettings)),
+        Table("task", (TaskSettings,)),
+        Table("partition", (PartitionSettings,)),
+        Table("training", (TrainingSettings,)),
+        Table("protocol", (ProtocolSettings,)),
+    )
 
 
 def resolve_scenario(spec: str) -> Path:

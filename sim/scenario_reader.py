@@ -12,78 +12,77 @@ from __future__ import annotations
 
 import difflib
 import math
-from collections.abc import Iterable, Mapping
-from dataclasses import replace
-from typing import Any, Final
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Final, Protocol
 
-from node.partition import PartitionSettings
-from node.runner import RunSettings
 from node.schema import SettingsReader, Table
-from node.training import TaskSettings, TrainingSettings
 from protocol.aggregate import AGGREGATORS
 from protocol.settings import ProtocolSettings
-from sim.scenario import (
-    NO_ATTACK,
-    ByzantineSpec,
-    NetworkSpec,
-    Scenario,
-    StrategySpec,
-)
+from sim.scenario_parts import NO_ATTACK, ByzantineSpec, NetworkSpec, StrategySpec
 from sim.schedulers import SchedulerSpecError, load_scheduler
 
-#: the tables a scenario shares with node configs, and its top level ("")
-SCENARIO_TABLES: Final = (
-    Table("", (Scenario, RunSettings)),
-    Table("task", (TaskSettings,)),
-    Table("partition", (PartitionSettings,)),
-    Table("training", (TrainingSettings,)),
-    Table("protocol", (ProtocolSettings,)),
-)
 _OWN_TABLES: Final = ("network", "byzantine")
 
 
-def read_scenario(data: Mapping[str, Any]) -> tuple[Scenario, list[str]]:
-    """The scenario ``data`` describes, and every problem found in it."""
+class ScenarioView(Protocol):
+    """What the plugin checks read of a scenario (sim/scenario.py's ``Scenario``)."""
+
+    @property
+    def n(self) -> int: ...
+
+    @property
+    def f(self) -> int: ...
+
+    @property
+    def protocol(self) -> ProtocolSettings: ...
+
+    @property
+    def network(self) -> NetworkSpec: ...
+
+    def byzantine_strategies(self) -> dict[int, StrategySpec]: ...
+
+    def honest_nodes(self) -> list[int]: ...
+
+
+def read_scenario(
+    data: Mapping[str, Any], tables: Sequence[Table]
+) -> tuple[dict[str, Any], list[str]]:
+    """The keyword arguments of the scenario ``data`` describes, and every problem found.
+
+    ``tables``: the scenario's (sim/scenario.py ``scenario_tables``): its top level first,
+    whose first class is the scenario itself, then the tables it shares with nodes."""
     reader = SettingsReader()
     if not isinstance(data, Mapping):
-        return Scenario(), [f"a scenario is a table, got {type(data).__name__}"]
+        return {}, [f"a scenario is a table, got {type(data).__name__}"]
     data = dict(data)
     if isinstance(data.get("task"), str):  # `task = "digits-mlp"`: short for [task] name
         data["task"] = {"name": data["task"]}
-    top, *tables = SCENARIO_TABLES
-    values = reader.read(top, data, skip=[table.name for table in tables] + list(_OWN_TABLES))
-    for table in tables:
-        reader.read(
-            table, _table(data.get(table.name, {}), table.name, reader.problems), into=values
-        )
-    built: dict[type, Any] = {
-        cls: reader.build(table, cls, values.get(cls, {}))
-        for table in SCENARIO_TABLES
-        for cls in table.classes
-    }
-    network = _parse_network(_table(data.get("network", {}), "network", reader.problems))
-    if any(value is None for value in built.values()):
-        return Scenario(), reader.problems
-    scenario = replace(
-        built[Scenario],
-        run=built[RunSettings],
-        task=built[TaskSettings],
-        partition=built[PartitionSettings],
-        training=built[TrainingSettings],
-        protocol=built[ProtocolSettings],
-        network=network,
-    )
-    byzantine = _parse_byzantine(
-        _table(data.get("byzantine", {}), "byzantine", reader.problems), scenario, reader.problems
-    )
-    scenario = replace(scenario, byzantine=byzantine)
-    problems = reader.problems
-    if not problems:
-        problems += check_plugins(scenario)
-    return scenario, problems
+    top, *shared = tables
+    own_cls, run_cls = top.classes
+    values = reader.read(top, data, skip=[table.name for table in shared] + list(_OWN_TABLES))
+    for table in shared:
+        table_data = _table(data.get(table.name, {}), table.name, reader.problems)
+        reader.read(table, table_data, into=values)
+    own = reader.build(top, own_cls, values.get(own_cls, {}))
+    parts: dict[str, Any] = {"run": reader.build(top, run_cls, values.get(run_cls, {}))}
+    for table in shared:
+        (cls,) = table.classes
+        parts[table.name] = reader.build(table, cls, values.get(cls, {}))
+    parts["network"] = _parse_network(_table(data.get("network", {}), "network", reader.problems))
+    if own is None or any(part is None for part in parts.values()):
+        return {}, reader.problems
+    byzantine_data = _table(data.get("byzantine", {}), "byzantine", reader.problems)
+    parts["byzantine"] = _parse_byzantine(byzantine_data, own.n, own.f, reader.problems)
+    kwargs = {name: getattr(own, name) for name in _own_names(top)}
+    return {**kwargs, **parts}, reader.problems
 
 
-def check_plugins(scenario: Scenario) -> list[str]:
+def _own_names(top: Table) -> list[str]:
+    own_cls = top.classes[0]
+    return [name for name in top.keys() if top.owner(name) is own_cls]
+
+
+def check_plugins(scenario: ScenarioView) -> list[str]:
     """Problems building what the scenario names: scheduler, strategies, aggregator bound.
 
     The task is not loaded here (a user task may be slow to build); the engine reports it.
@@ -117,7 +116,7 @@ def check_plugins(scenario: Scenario) -> list[str]:
     return problems
 
 
-def _node_ids_problems(scenario: Scenario) -> list[str]:
+def _node_ids_problems(scenario: ScenarioView) -> list[str]:
     """Node ids the default scheduler's settings name must exist."""
     if scenario.network.scheduler != "default":
         return []
@@ -167,16 +166,14 @@ def _parse_network(data: Mapping[str, Any]) -> NetworkSpec:
     return NetworkSpec(scheduler=str(data.get("scheduler", "default")), params=params)
 
 
-def _parse_byzantine(
-    data: Mapping[str, Any], scenario: Scenario, problems: list[str]
-) -> ByzantineSpec:
+def _parse_byzantine(data: Mapping[str, Any], n: int, f: int, problems: list[str]) -> ByzantineSpec:
     known = {"nodes", "strategy", "per_node"}
     for key in sorted(set(data) - known, key=str):
         problems.append(f"unknown key [byzantine] {key}{suggest(str(key), known)}")
     nodes: tuple[int, ...] | None = None
     if "nodes" in data:
         raw = data["nodes"]
-        if not isinstance(raw, list) or not all(_is_node_id(x, scenario.n) for x in raw):
+        if not isinstance(raw, list) or not all(_is_node_id(x, n) for x in raw):
             problems.append(
                 f"[byzantine] nodes: expected a list of node ids in [0, n), got {raw!r}"
             )
@@ -193,7 +190,7 @@ def _parse_byzantine(
             f"[byzantine] per_node: expected a table id -> strategy, got {raw_per_node!r}"
         )
         raw_per_node = {}
-    listed = nodes if nodes is not None else tuple(range(scenario.n - scenario.f, scenario.n))
+    listed = nodes if nodes is not None else tuple(range(n - f, n))
     for key, spec in raw_per_node.items():
         node = int(key) if str(key).isdigit() else -1
         if node not in listed:

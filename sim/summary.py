@@ -11,13 +11,38 @@ import math
 import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-from sim.metrics import finite_or_none
-from sim.scenario import strategy_label
+from node.divergence import DivergenceGuard
+from node.runner import Runner
+from sim.metrics import MetricsLog, RoundBook, finite_or_none
+from sim.network import VirtualNetwork
+from sim.scenario import Scenario, StrategySpec, strategy_label
 
-if TYPE_CHECKING:
-    from sim.engine import RunOutcome, Simulation
+
+@dataclass(frozen=True, slots=True)
+class RunOutcome:
+    """How a run ended."""
+
+    completed: bool
+    stop_reason: str
+    virtual_seconds: float
+
+
+class SimulationState(Protocol):
+    """What a summary reads of a finished simulation (sim/engine.py's ``Simulation``)."""
+
+    scenario: Scenario
+    network: VirtualNetwork
+    log: MetricsLog
+    book: RoundBook
+    honest: list[int]
+    byzantine: dict[int, StrategySpec]
+    runners: list[Runner]
+    learners: list[DivergenceGuard]
+    crypto: bool
+    session: bytes
+    public_keys: list[bytes]
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,7 +151,7 @@ def _mean_and_max(values: Sequence[float]) -> tuple[float, float]:
 
 
 def build_summary(
-    simulation: Simulation, outcome: RunOutcome, wall_seconds: float, mode: str
+    simulation: SimulationState, outcome: RunOutcome, wall_seconds: float, mode: str
 ) -> Summary:
     scenario = simulation.scenario
     network = simulation.network
