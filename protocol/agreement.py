@@ -20,6 +20,7 @@ vectors, which is what makes the trimmed mean contract even at n = 3f+1.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,7 +32,7 @@ from protocol.broadcast import BroadcastInstance, BroadcastParams, Ignored
 from protocol.codec import CodecError, decode_array, decode_report, encode_array, encode_report
 from protocol.crypto import SignatureScheme
 from protocol.messages import Echo, Fetch, FetchReply, InstanceId, Kind, Message, Ready, Send, Tag
-from protocol.step import Decided, Delivered, FaultKind, Output, RoundStarted, Step
+from protocol.step import Broadcast, Decided, Delivered, FaultKind, Output, RoundStarted, Step
 
 #: (step, phase, round, vector) -> the vector actually broadcast. None for honest nodes;
 #: the simulator's learning-level Byzantine strategies plug in here, so that a lying
@@ -53,6 +54,67 @@ ARRAY_HEADER_BYTES_MAX = 64
 _WAITING_LISTED_MAX = 8
 
 
+class VectorMemo:
+    """Work that cores sharing payload objects need not repeat: the simulator's.
+
+    In the simulator one delivered payload (a ``bytes`` or ``memoryview`` object) reaches
+    every core. Decoding and checking it (NaN/Inf over d values) is pure, so it is done
+    once: validated vectors are kept by payload identity, each entry holding its payload
+    so the identity cannot be reused while it is remembered; at most ``entries_max``
+    entries, oldest first out.
+
+    Aggregating is pure too, and honest cores usually aggregate the very same vectors
+    (their round's sets agree once every vector has arrived): results are kept by the
+    content digests of their inputs, the ``results_max`` latest, and shared read-only. A
+    hit returns the bytes a fresh computation would (same inputs, same function), so
+    traces do not change. Only for cores of one configuration (one dtype and dimension).
+    """
+
+    __slots__ = ("_digests", "_entries", "_results", "entries_max", "results_max")
+
+    def __init__(self, entries_max: int = 4096, results_max: int = 8) -> None:
+        self.entries_max = entries_max
+        self.results_max = results_max
+        self._entries: dict[int, tuple[object, tuple[np.ndarray | None, str]]] = {}
+        #: id(vector) -> digest of its payload, for the vectors the entries hold
+        self._digests: dict[int, bytes] = {}
+        self._results: dict[tuple[object, ...], np.ndarray] = {}
+
+    def get(self, payload: object) -> tuple[np.ndarray | None, str] | None:
+        entry = self._entries.get(id(payload))
+        if entry is None or entry[0] is not payload:
+            return None
+        return entry[1]
+
+    def put(self, payload: bytes | memoryview, result: tuple[np.ndarray | None, str]) -> None:
+        entries = self._entries
+        if len(entries) >= self.entries_max:
+            _, (old, _why) = entries.pop(next(iter(entries)))
+            if old is not None:
+                del self._digests[id(old)]
+        entries[id(payload)] = (payload, result)
+        vector = result[0]
+        if vector is not None:
+            self._digests[id(vector)] = hashlib.blake2b(payload, digest_size=32).digest()
+
+    def aggregate(self, aggregator: Aggregator, f: int, vectors: list[np.ndarray]) -> np.ndarray:
+        """``aggregator(np.stack(vectors), f)``, computed once per distinct input."""
+        digests = self._digests
+        try:
+            key = (aggregator, f, *(digests[id(vector)] for vector in vectors))
+        except KeyError:  # a vector this memo did not validate: nothing to key it by
+            return aggregator(np.stack(vectors), f)
+        results = self._results
+        result = results.get(key)
+        if result is None:
+            result = aggregator(np.stack(vectors), f)
+            result.flags.writeable = False  # shared by every core that asks
+            if len(results) >= self.results_max:
+                del results[next(iter(results))]
+            results[key] = result
+        return result
+
+
 @dataclass(frozen=True, slots=True)
 class AgreementParams:
     broadcast: BroadcastParams
@@ -62,6 +124,13 @@ class AgreementParams:
     vector_filter: VectorFilter | None = None
     #: the core's counters of dropped duplicates and stale replies (one per core)
     ignored: Ignored | None = None
+    #: the validated vectors of payloads other cores of this process have seen (the
+    #: simulator shares one: every core gets the very same payload object)
+    vector_memo: VectorMemo | None = None
+    #: reliable broadcast is modelled, not messaged (the simulator's broadcast fidelity):
+    #: our own broadcasts become :class:`~protocol.step.Broadcast` outputs, and
+    #: deliveries come in through :meth:`AveragingAgreement.deliver`
+    modelled: bool = False
 
     @property
     def report_quorum(self) -> int:
@@ -85,6 +154,31 @@ class _Round:
     invalid: set[int] = field(default_factory=set)
     reports: dict[int, frozenset[int]] = field(default_factory=dict)
     reported: bool = False
+    #: reporters whose every listed origin is held: the witnesses, counted as they come
+    witnesses: int = 0
+    #: origin not held yet -> reporters whose REPORT lists it
+    waiting: dict[int, list[int]] = field(default_factory=dict)
+    #: reporter -> how many origins of its REPORT are not held yet
+    missing: dict[int, int] = field(default_factory=dict)
+
+    def hold(self, origin: int, vector: np.ndarray) -> None:
+        self.held[origin] = vector
+        for reporter in self.waiting.pop(origin, ()):
+            self.missing[reporter] -= 1
+            if not self.missing[reporter]:
+                self.witnesses += 1
+
+    def add_report(self, reporter: int, report: frozenset[int]) -> None:
+        """A REPORT delivered: its reporter is a witness once every origin it lists is
+        held (counted incrementally: each (report, origin) pair is looked at once)."""
+        self.reports[reporter] = report
+        lacking = report.difference(self.held)  # iterates the report, probing the dict
+        if not lacking:
+            self.witnesses += 1
+            return
+        self.missing[reporter] = len(lacking)
+        for origin in lacking:
+            self.waiting.setdefault(origin, []).append(reporter)
 
 
 class AveragingAgreement:
@@ -104,6 +198,8 @@ class AveragingAgreement:
         self.phase = phase
         self.rounds = rounds
         self._params = params
+        self._report_quorum = params.report_quorum
+        self._witness_quorum = params.witness_quorum
         self._scheme = scheme
         self._instances: dict[InstanceId, BroadcastInstance] = {}
         self._rounds = [_Round() for _ in range(rounds)]
@@ -148,6 +244,20 @@ class AveragingAgreement:
             instance.drop_payload()
         for state in self._rounds:
             state.held.clear()
+
+    def deliver(self, iid: InstanceId, payload: bytes) -> Step:
+        """A modelled reliable broadcast delivered ``payload`` for ``iid`` (broadcast
+        fidelity: the simulator guarantees every node delivers the same payload)."""
+        # _consume_deliveries(Step(outputs=[Delivered(iid, payload)])), minus its
+        # allocations on the usual path: the delivery completes nothing
+        step = self._on_delivered(Delivered(iid, payload))
+        if not step.outputs:
+            progressed = self._complete_round()
+            if progressed is None:
+                return step
+            self._absorb(progressed, step)
+            step.outputs = progressed.outputs
+        return self._consume_deliveries(step)
 
     def restore(self, message: Send | Ready) -> None:
         """Put back what this node persisted before a restart: a SEND it accepted (its
@@ -233,9 +343,23 @@ class AveragingAgreement:
     def _tag(self, round_: int, kind: Kind) -> Tag:
         return Tag(self.step, self.phase, round_, kind)
 
+    def _broadcast_own(self, iid: InstanceId, payload: bytes) -> Step:
+        """Reliably broadcast our own ``payload``: a SEND, or a modelled broadcast."""
+        if self._params.modelled:
+            return Step(outputs=[Broadcast(iid, payload)])
+        return self._instance(iid).send(payload)
+
     def _enter_round(self, round_: int, vector: np.ndarray) -> Step:
         self.current_round = round_
         me = self._params.broadcast.me
+        if self._params.modelled:
+            if self._params.vector_filter is not None:
+                vector = self._params.vector_filter(self.step, self.phase, round_, vector)
+            step = self._broadcast_own(
+                InstanceId(me, self._tag(round_, Kind.VECTOR)), encode_array(vector)
+            )
+            step.outputs.insert(0, RoundStarted(self.step, self.phase, round_, vector))
+            return step
         instance = self._instance(InstanceId(me, self._tag(round_, Kind.VECTOR)))
         if instance.payload is not None:
             # We signed this round's vector before a restart: that one, not a new one.
@@ -290,25 +414,36 @@ class AveragingAgreement:
                 state.invalid.add(iid.origin)
                 step.fault(iid.origin, FaultKind.BAD_VECTOR, why, iid)
                 return step
-            state.held[iid.origin] = vector
-            if not state.reported and len(state.held) >= self._params.report_quorum:
+            state.hold(iid.origin, vector)
+            if not state.reported and len(state.held) >= self._report_quorum:
                 state.reported = True
                 me = self._params.broadcast.me
-                instance = self._instance(InstanceId(me, self._tag(iid.tag.round, Kind.REPORT)))
-                step.extend(instance.send(encode_report(sorted(state.held))))
+                report_iid = InstanceId(me, self._tag(iid.tag.round, Kind.REPORT))
+                step.extend(self._broadcast_own(report_iid, encode_report(sorted(state.held))))
             return step
         try:
             report = decode_report(delivered.payload, self._params.broadcast.n)
         except CodecError as exc:
             step.fault(iid.origin, FaultKind.BAD_REPORT, str(exc), iid)
             return step
-        if len(report) < self._params.report_quorum:
+        if len(report) < self._report_quorum:
             step.fault(iid.origin, FaultKind.BAD_REPORT, "REPORT lists fewer than n-f", iid)
         else:
-            state.reports[iid.origin] = report
+            state.add_report(iid.origin, report)
         return step
 
     def _validate_vector(self, payload: bytes | memoryview) -> tuple[np.ndarray | None, str]:
+        memo = self._params.vector_memo
+        if memo is not None:
+            found = memo.get(payload)
+            if found is not None:
+                return found
+        result = self._check_vector(payload)
+        if memo is not None:
+            memo.put(payload, result)
+        return result
+
+    def _check_vector(self, payload: bytes | memoryview) -> tuple[np.ndarray | None, str]:
         try:
             vector = decode_array(payload)
         except CodecError as exc:
@@ -329,9 +464,14 @@ class AveragingAgreement:
         vectors = self._vectors_to_aggregate(self._rounds[round_])
         if vectors is None:
             return None
-        vector = self._params.aggregator(vectors, self._params.broadcast.f).astype(
-            self._params.dtype, copy=False
-        )
+        params = self._params
+        if params.vector_memo is not None:
+            aggregated = params.vector_memo.aggregate(
+                params.aggregator, params.broadcast.f, vectors
+            )
+        else:
+            aggregated = params.aggregator(np.stack(vectors), params.broadcast.f)
+        vector = aggregated.astype(params.dtype, copy=False)
         if round_ + 1 < self.rounds:
             return self._enter_round(round_ + 1, vector)
         self.current_round = self.rounds
@@ -340,14 +480,13 @@ class AveragingAgreement:
         step.outputs.append(Decided(self.step, self.phase, vector))
         return step
 
-    def _vectors_to_aggregate(self, state: _Round) -> np.ndarray | None:
+    def _vectors_to_aggregate(self, state: _Round) -> list[np.ndarray] | None:
         """Every valid vector held, by origin, once ``witness_quorum`` reports are covered
         by what we hold; None until then."""
-        held = state.held.keys()
-        witnesses = sum(1 for report in state.reports.values() if report <= held)
-        if witnesses < self._params.witness_quorum:
+        if state.witnesses < self._witness_quorum:
             return None
-        return np.stack([state.held[origin] for origin in sorted(held)])
+        held = state.held
+        return [held[origin] for origin in sorted(held)]
 
     def _check_own_vector(self, vector: np.ndarray) -> None:
         if vector.shape != (self._params.dim,) or vector.dtype != self._params.dtype:

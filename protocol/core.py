@@ -48,6 +48,7 @@ from protocol.agreement import (
     AgreementParams,
     AveragingAgreement,
     VectorFilter,
+    VectorMemo,
 )
 from protocol.broadcast import BroadcastParams, Ignored
 from protocol.codec import CodecError, decode
@@ -56,6 +57,7 @@ from protocol.messages import (
     Catchup,
     Control,
     Finished,
+    InstanceId,
     Kind,
     Message,
     Phase,
@@ -175,10 +177,18 @@ class NodeCore:
         scheme: SignatureScheme,
         vector_filter: VectorFilter | None = None,
         decoder: Callable[[bytes | memoryview], WireMessage] | None = None,
+        *,
+        modelled_broadcast: bool = False,
+        vector_memo: VectorMemo | None = None,
     ) -> None:
         """``decoder`` replaces :func:`~protocol.codec.decode` (with this core's payload
         limit); the simulator passes one :class:`~protocol.codec.SharedDecoder` to all its
-        cores. It must raise :class:`~protocol.codec.CodecError` for bad bytes."""
+        cores. It must raise :class:`~protocol.codec.CodecError` for bad bytes.
+        ``modelled_broadcast``: reliable broadcast is modelled by the simulator (its
+        broadcast fidelity): own broadcasts come out as :class:`~protocol.step.Broadcast`
+        outputs and deliveries go in through :meth:`deliver`. ``vector_memo``: shared by
+        cores that receive the very same payload objects (the simulator's), so that each
+        delivered vector is decoded and checked once, not once per core."""
         self.config = config
         self._scheme = scheme
         self._ignored = Ignored(config.n)
@@ -189,6 +199,8 @@ class NodeCore:
             get_aggregator(config.aggregator),
             vector_filter,
             self._ignored,
+            vector_memo,
+            modelled_broadcast,
         )
         self._agreements: dict[tuple[int, int], AveragingAgreement] = {}
         self._step = 0
@@ -338,6 +350,30 @@ class NodeCore:
             return self._account(step)
         agreement = self._agreement(tag.step, tag.phase, rounds)
         return self._account(agreement.handle(sender, msg))
+
+    def deliver(self, iid: InstanceId, payload: bytes) -> Step:
+        """A modelled reliable broadcast delivered ``payload`` for ``iid`` here (the
+        simulator's broadcast fidelity). Steps behind the window are stale, as in
+        :meth:`handle`; steps ahead of it are kept, not dropped: these come from the
+        simulator's model of honest broadcasts, which cannot flood, and nothing would
+        deliver them again (a real node's peers would replay them on a catch-up)."""
+        tag = iid.tag
+        config = self.config
+        if tag.step < self._step - config.steps_retained:
+            self._stale += 1
+            return Step()
+        if iid.origin != config.me:
+            self._saw_step(iid.origin, tag.step)
+        agreement = self._agreements.get((tag.step, tag.phase))
+        rounds = (
+            config.schedule.rounds(tag.step, tag.phase) if agreement is None else agreement.rounds
+        )
+        if tag.round >= rounds or tag.kind not in _KINDS:
+            raise ValueError(f"a modelled broadcast for an instance that cannot exist: {iid}")
+        if agreement is None:
+            agreement = self._agreement(tag.step, tag.phase, rounds)
+        step = agreement.deliver(iid, payload)
+        return self._account(step) if step.faults else step
 
     # ------------------------------------------------------------------ crash-recovery
 

@@ -108,7 +108,17 @@ class PeerFinished:
     steps: int
 
 
-Output = Delivered | RoundStarted | Decided | PeerFinished
+@dataclass(frozen=True, slots=True)
+class Broadcast:
+    """Reliably broadcast ``payload`` for ``iid``: what an agreement asks of a *modelled*
+    reliable broadcast (the simulator's ``fidelity = "broadcast"``), which then delivers it
+    to every node by :meth:`~protocol.core.NodeCore.deliver`. Real nodes never see it."""
+
+    iid: InstanceId
+    payload: bytes
+
+
+Output = Delivered | RoundStarted | Decided | PeerFinished | Broadcast
 
 
 @dataclass(slots=True, init=False)

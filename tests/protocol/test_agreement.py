@@ -83,11 +83,11 @@ def test_every_bad_vector_is_dropped_identically_and_accused() -> None:
 class NaiveAgreement(AveragingAgreement):
     """The broken variant: aggregate the first n-f vectors delivered, no witnesses."""
 
-    def _vectors_to_aggregate(self, state: _Round) -> np.ndarray | None:
+    def _vectors_to_aggregate(self, state: _Round) -> list[np.ndarray] | None:
         quorum = self._params.witness_quorum
         if len(state.held) < quorum:
             return None
-        return np.stack(list(state.held.values())[:quorum])  # in delivery order
+        return list(state.held.values())[:quorum]  # in delivery order
 
 
 class NaiveCore(NodeCore):
