@@ -45,7 +45,7 @@ import trio
 from node.interfaces import Journal, Transport
 from protocol.codec import encode
 from protocol.core import NodeCore
-from protocol.messages import Catchup, Finished, Message, Phase
+from protocol.messages import Catchup, Finished, InstanceId, Message, Phase
 from protocol.settings import SettingsError, field_problems, setting
 from protocol.step import (
     EVERYONE,
@@ -242,6 +242,17 @@ class Runner:
             return
         self._messages_in += 1
         self._execute(self.core.receive(src, data))
+        target = self.core.catchup_target()
+        if target is not None:
+            self._jump(target)
+
+    def deliver_broadcast(self, iid: InstanceId, payload: bytes) -> None:
+        """A modelled reliable broadcast delivered ``payload`` for ``iid`` (the
+        simulator's broadcast fidelity calls this instead of :meth:`deliver`)."""
+        if self.stopped:
+            return
+        self._messages_in += 1
+        self._execute(self.core.deliver(iid, payload))
         target = self.core.catchup_target()
         if target is not None:
             self._jump(target)

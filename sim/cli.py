@@ -71,6 +71,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--steps", type=int, help="override the number of learning steps")
     parser.add_argument("--no-crypto", action="store_true", help="switch signatures off")
     parser.add_argument(
+        "--fidelity",
+        choices=("full", "broadcast"),
+        help="full: every protocol message simulated (default); broadcast: reliable "
+        "broadcast modelled, for hundreds of nodes (learning-level attacks only)",
+    )
+    parser.add_argument(
         "--check-determinism", action="store_true", help="run twice and compare trace digests"
     )
     parser.add_argument("--sweep", type=Path, metavar="GRID", help="run a grid of scenarios")
@@ -141,6 +147,8 @@ def _load(args: argparse.Namespace) -> Scenario:
         overrides["protocol.crypto"] = False
     if args.seed is not None:
         overrides["seed"] = args.seed
+    if args.fidelity is not None:
+        overrides["fidelity"] = args.fidelity
     return scenario.with_values(overrides) if overrides else scenario
 
 
@@ -200,6 +208,8 @@ def _sweep(args: argparse.Namespace) -> int:
         overrides["steps"] = args.steps
     if args.no_crypto:
         overrides["protocol.crypto"] = False
+    if args.fidelity is not None:
+        overrides["fidelity"] = args.fidelity
     if overrides:
         grid = replace(grid, base=grid.base.with_values(overrides))
     if args.seed is not None:

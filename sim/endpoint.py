@@ -52,6 +52,8 @@ class Network(Protocol):
         data: bytes,
     ) -> None: ...
 
+    def modelled_bytes_sent(self, node: int) -> int: ...
+
 
 #: Per message kind, ``[messages, bytes]``: one dict lookup per message instead of four.
 _KindCounts = dict[str, list[int]]
@@ -152,7 +154,7 @@ class VirtualEndpoint:
         messages_sent_by_kind, bytes_sent_by_kind = _split(self._sent_by_kind)
         messages_received_by_kind, bytes_received_by_kind = _split(self._received_by_kind)
         return VirtualTransportStatistics(
-            bytes_sent=sum(self._bytes_sent_to),
+            bytes_sent=sum(self._bytes_sent_to) + self._network.modelled_bytes_sent(self.node_id),
             bytes_received=sum(self._bytes_received_from),
             messages_sent=sum(self._messages_sent_to),
             messages_received=sum(self._messages_received_from),

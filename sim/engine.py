@@ -33,15 +33,17 @@ from node.partition import partition
 from node.runner import Runner, RunnerHooks, StepRecord
 from node.tasks import derive_seed, load_task
 from node.trainer import Trainer
+from protocol.agreement import VectorMemo
 from protocol.codec import SharedDecoder
 from protocol.core import NodeCore
 from protocol.crypto import Ed25519Scheme, SignatureScheme, UnsignedScheme, digest
-from protocol.step import Decided, Fault, Output, RoundStarted
+from protocol.step import Broadcast, Decided, Fault, Output, RoundStarted
 from sim.adapters import BroadcastClassifier, DivergenceGuard
+from sim.broadcast_model import BroadcastModel
 from sim.metrics import MetricsLog, RoundBook
-from sim.network import StopReason, VirtualNetwork
+from sim.network import MIN_DELAY_S, StopReason, VirtualNetwork
 from sim.progress import Progress, ProgressSnapshot
-from sim.scenario import Scenario, ScenarioError
+from sim.scenario import FIDELITY_BROADCAST, Scenario, ScenarioError
 from sim.schedulers import load_scheduler
 from sim.strategies import Strategy, StrategyContext, load_strategy, strategy_rng
 from sim.summary import RunOutcome, Summary, build_summary
@@ -52,6 +54,7 @@ PURPOSE_PARTITION: Final = 2
 PURPOSE_TRAINER: Final = 3
 PURPOSE_NETWORK: Final = 4
 PURPOSE_KEYS: Final = 5
+PURPOSE_MODELLED_BROADCAST: Final = 6
 #: lets ``trio.current_time()`` trail the network by up to 1 ms: one trio sleep per
 #: stretch of events instead of one per event (sim/network.py, ``VirtualNetwork.run``)
 CLOCK_LAG_MAX_S: Final = 1e-3
@@ -109,6 +112,16 @@ class Simulation:
         self.network = VirtualNetwork(
             n, stream_seed(seed, PURPOSE_NETWORK), scheduler, BroadcastClassifier()
         )
+        #: broadcast fidelity: reliable broadcast modelled, not messaged (sim/broadcast_model.py)
+        self.modelled: BroadcastModel | None = None
+        if scenario.fidelity == FIDELITY_BROADCAST:
+            self.modelled = BroadcastModel(
+                n,
+                scenario.f,
+                stream_seed(seed, PURPOSE_MODELLED_BROADCAST),
+                scheduler,
+                self._voters,
+            )
         self.crypto = scenario.protocol.crypto
         self.public_keys = roster_keys(seed, n) if self.crypto else []
         self.session = session_id(scenario, seed, self.public_keys)
@@ -121,6 +134,7 @@ class Simulation:
         self.learners: list[DivergenceGuard] = []
         self.strategies: dict[int, Strategy] = {}
         self._decoder: SharedDecoder | None = None  # one memo of decoded messages for all
+        self._vector_memo = VectorMemo()  # and of validated vectors
         for node in range(n):
             self.runners.append(self._build_node(node))
         self.log = MetricsLog(out_dir, self.honest)  # opened last: nothing left to fail
@@ -174,6 +188,8 @@ class Simulation:
             scheme,
             strategy.vector if strategy is not None else None,
             decoder=self._decoder,
+            modelled_broadcast=self.modelled is not None,
+            vector_memo=self._vector_memo,
         )
         hooks = RunnerHooks(
             on_output=self._on_output,
@@ -207,8 +223,25 @@ class Simulation:
 
     # ------------------------------------------------------------------ hooks
 
+    def _takes_part(self, node: int) -> bool:
+        """Whether ``node`` echoes and votes in modelled broadcasts: alive, not silent."""
+        strategy = self.strategies.get(node)
+        return not self.network.is_crashed(node) and not (strategy and strategy.silent)
+
+    def _voters(self) -> np.ndarray:
+        """The nodes that echo and vote in modelled broadcasts now, ascending."""
+        return np.flatnonzero([self._takes_part(node) for node in range(self.network.n)])
+
     def _on_output(self, node: int, output: Output) -> None:
-        if isinstance(output, RoundStarted):
+        if isinstance(output, Broadcast):
+            if self.modelled is not None and self._takes_part(node):
+                now_s = self.network.now_s
+                planned = self.modelled.deliveries(output.iid, len(output.payload), now_s)
+                at_s = np.maximum(planned.deliver_at_s, now_s + MIN_DELAY_S)
+                self.network.schedule_broadcast(
+                    output.iid, output.payload, at_s, planned.bytes_sent
+                )
+        elif isinstance(output, RoundStarted):
             if node in self._honest_set:
                 self._rounds_done += 1
                 now_s = self.network.now_s
@@ -318,6 +351,9 @@ class Simulation:
             self._all_honest_done,
             scenario.time_limit_s,
             clock_lag_max_s=CLOCK_LAG_MAX_S,
+            deliver_broadcast={
+                node: runner.deliver_broadcast for node, runner in enumerate(self.runners)
+            },
         )
         self.book.flush()
         self._drain_measures()

@@ -28,10 +28,13 @@ import math
 import struct
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import blake3
+import numpy as np
 import trio
 
+from protocol.messages import InstanceId
 from sim.delays import KeyedUniforms, LinkUniforms
 from sim.endpoint import VirtualEndpoint, VirtualTransportStatistics
 from sim.event_queue import Event, EventQueue
@@ -55,9 +58,11 @@ _EVENTS_PER_CHECKPOINT = 1024
 #: its delay with suffix k, the original with none.
 _COPIES_DRAW = -1
 _TIMER_SRC = -1
+#: ``src`` of a modelled broadcast's delivery event (broadcast fidelity)
+_MODELLED_SRC = -2
 
 # Trace digest event markers.
-_DELIVERED, _DUPLICATE, _DISCARDED, _TIMER, _OUTPUT = range(5)
+_DELIVERED, _DUPLICATE, _DISCARDED, _TIMER, _OUTPUT, _MODELLED = range(6)
 _TRACE_RECORD = struct.Struct("<Bdqqqqq")
 #: Payloads up to this size join the trace buffer; larger ones are hashed in place.
 _TRACE_JOIN_BYTES_MAX = 4096
@@ -160,6 +165,14 @@ class VirtualNetwork:
         self._messages_discarded = 0
         self._timer_firings = 0
         self._cancelled_firings = 0  # timer events that found their timer gone
+        #: modelled broadcasts in flight: id -> [instance id, deliveries left]
+        self._modelled: dict[int, list[Any]] = {}
+        self._next_modelled = 0
+        #: what modelled broadcasts would have cost each node on the wire (broadcast
+        #: fidelity: its SENDs' payloads, its echoes and readies), in bytes
+        self._modelled_bytes_sent = np.zeros(n, dtype=np.int64)
+        self._modelled_delivered = 0
+        self._modelled_handlers: list[Callable[[InstanceId, bytes], None] | None] = []
 
     @property
     def now_s(self) -> float:
@@ -208,6 +221,37 @@ class VirtualNetwork:
     def cancel_timer(self, timer_id: int) -> None:
         """Stop a timer; a no-op if it is already gone."""
         self._timers.pop(timer_id, None)
+
+    def schedule_broadcast(
+        self,
+        iid: InstanceId,
+        payload: bytes,
+        deliver_at_s: np.ndarray,
+        bytes_sent: np.ndarray,
+    ) -> None:
+        """A modelled reliable broadcast (broadcast fidelity, sim/broadcast_model.py):
+        node j's delivery of ``payload`` at ``deliver_at_s[j]`` (inf: never), and the
+        bytes each node would have sent for it (int64 arrays of n)."""
+        ident = self._next_modelled
+        self._next_modelled += 1
+        events: list[Event] = [
+            (at_s, dst, _MODELLED_SRC, ident, 0, payload, "broadcast")
+            for dst, at_s in enumerate(deliver_at_s.tolist())
+            if at_s != math.inf
+        ]
+        self._modelled_bytes_sent += bytes_sent
+        tag = iid.tag
+        record = _TRACE_RECORD.pack(
+            _MODELLED, self._now_s, iid.origin, tag.step, tag.phase, tag.round, tag.kind
+        )
+        self._trace_add(record, payload)
+        if events:
+            self._modelled[ident] = [iid, len(events)]
+            self._events.push_many(events)
+
+    def modelled_bytes_sent(self, node: int) -> int:
+        """Bytes ``node`` would have sent for the modelled broadcasts (broadcast fidelity)."""
+        return int(self._modelled_bytes_sent[node])
 
     def record_output(self, node: int, data: bytes) -> None:
         """Fold a node's output (a delivered value, a model digest) into the trace digest."""
@@ -266,7 +310,12 @@ class VirtualNetwork:
         return sum(sum(endpoint._messages_received_from) for endpoint in self._endpoints)
 
     def _events_processed(self) -> int:
-        handled = self._duplicates_dropped + self._messages_discarded + self._timer_firings
+        handled = (
+            self._duplicates_dropped
+            + self._messages_discarded
+            + self._timer_firings
+            + self._modelled_delivered
+        )
         return self._messages_delivered() + handled + self._cancelled_firings
 
     def _checked_delay_s(self, meta: MessageMeta, u: float) -> float:
@@ -349,8 +398,11 @@ class VirtualNetwork:
 
     def _process(self, event: Event, handlers: list[Callable[[int, bytes], None] | None]) -> None:
         time_s, dst, src, seq, copy, data, kind = event
-        if src == _TIMER_SRC:
-            self._fire_timer(time_s, dst, seq, copy)
+        if src < 0:
+            if src == _TIMER_SRC:
+                self._fire_timer(time_s, dst, seq, copy)
+            else:
+                self._deliver_modelled(time_s, dst, seq, data)
             return
         if self._crashed[dst]:
             self._messages_discarded += 1
@@ -378,6 +430,21 @@ class VirtualNetwork:
         assert handler is not None  # run() checked every live node has one
         handler(src, data)
 
+    def _deliver_modelled(self, time_s: float, dst: int, ident: int, payload: bytes) -> None:
+        pending = self._modelled[ident]
+        iid: InstanceId = pending[0]
+        pending[1] -= 1
+        if not pending[1]:
+            del self._modelled[ident]
+        if self._crashed[dst]:
+            self._messages_discarded += 1
+            return
+        self._modelled_delivered += 1
+        self._trace_add(_TRACE_RECORD.pack(_DELIVERED, time_s, dst, _MODELLED_SRC, ident, 0, 0))
+        handler = self._modelled_handlers[dst]
+        assert handler is not None, "broadcast fidelity: no handler for modelled deliveries"
+        handler(iid, payload)
+
     async def run(
         self,
         deliver: Mapping[int, Callable[[int, bytes], None]],
@@ -385,6 +452,7 @@ class VirtualNetwork:
         time_limit_s: float,
         *,
         clock_lag_max_s: float = 0.0,
+        deliver_broadcast: Mapping[int, Callable[[InstanceId, bytes], None]] | None = None,
     ) -> RunResult:
         """The single delivery loop: handle events in order until ``until()`` is true, the
         network is quiescent, or the next event lies past ``time_limit_s``.
@@ -409,6 +477,7 @@ class VirtualNetwork:
         if missing:
             raise ValueError(f"no deliver handler for live nodes {missing}")
         handlers = [deliver.get(node) for node in range(self.n)]
+        self._modelled_handlers = [(deliver_broadcast or {}).get(node) for node in range(self.n)]
         clock_offset_s = trio.current_time() - self._now_s
         clock_s = self._now_s  # the virtual time trio's clock was last brought to
         events_before = self._events_processed()

@@ -106,6 +106,7 @@ def build_summary(
         wall_seconds=wall_seconds,
         crypto=True,
         mode="process",
+        fidelity="full",
         session=setup.roster.session_id.hex(),
         public_keys={node: key.hex() for node, key in enumerate(setup.roster.public_keys)},
         config=scenario.to_dict(),

@@ -32,7 +32,7 @@ from node.roster import Roster, assemble_roster, dump_roster, public_key_b64_of
 from node.schema import to_table
 from sim.delays import Constant, Exponential, LogNormal, Uniform
 from sim.engine import roster_keys, signing_seed
-from sim.scenario import Scenario, StrategySpec
+from sim.scenario import FIDELITY_FULL, Scenario, StrategySpec
 from sim.schedulers import DefaultScheduler, load_scheduler
 
 LOOPBACK_HOST: Final = "127.0.0.1"
@@ -57,6 +57,11 @@ def unsupported_settings(scenario: Scenario) -> list[str]:
     TCP link has no counterpart for, and seeds a node config cannot hold."""
     if scenario.seed > TOML_INT_MAX:
         return [f"seed {scenario.seed}: process mode needs seeds <= 2**63 - 1 (a TOML integer)"]
+    if scenario.fidelity != FIDELITY_FULL:
+        return [
+            f'fidelity = "{scenario.fidelity}": process mode runs real nodes, every message '
+            "on a real socket; the broadcast fidelity is --mode sim's"
+        ]
     network = scenario.network
     if network.scheduler != "default":
         return [

@@ -186,7 +186,9 @@ def results_table(summary: Summary) -> str:
     )
     lines = [
         f"{summary.scenario}: seed {summary.seed}, n={summary.n}, f={summary.f}, "
-        f"{summary.steps} steps, crypto {'on' if summary.crypto else 'off'}: {status}",
+        f"{summary.steps} steps, crypto {'on' if summary.crypto else 'off'}"
+        + (", broadcast fidelity" if summary.fidelity == "broadcast" else "")
+        + f": {status}",
         "",
         f"{'node':>4}  {'role':<{ROLE_WIDTH}} {'accuracy':>8}  {'sent':>9}  {'faults accused':>14}",
     ]
@@ -224,6 +226,11 @@ def results_table(summary: Summary) -> str:
         f"{summary.messages_sent:,} messages, {summary.virtual_seconds:.1f} virtual s, "
         f"{summary.wall_seconds:.1f} wall s; trace digest {summary.trace_digest[:16]}",
     ]
+    if summary.fidelity == "broadcast":
+        lines.append(
+            "(broadcast fidelity: reliable broadcasts modelled, not messaged; 'sent' is "
+            "what their messages would have cost)"
+        )
     return "\n".join(lines)
 
 

@@ -57,6 +57,9 @@ __all__ = [
     "strategy_label",
 ]
 
+FIDELITY_FULL: Final = "full"
+FIDELITY_BROADCAST: Final = "broadcast"
+FIDELITIES: Final = (FIDELITY_FULL, FIDELITY_BROADCAST)
 #: Where the built-in scenario files live; ``jungle sim NAME`` looks here too.
 SCENARIOS_DIR: Final = Path(__file__).parent / "scenarios"
 
@@ -98,6 +101,12 @@ class Scenario:
         "virtual seconds after which an unfinished run stops (reported incomplete)",
         above=0.0,
         unit="s",
+    )
+    fidelity: str = setting(
+        FIDELITY_FULL,
+        "full: every protocol message simulated; broadcast: reliable broadcast modelled "
+        "(delivery times from per-hop delays), the agreement run for real: hundreds of nodes",
+        choices=FIDELITIES,
     )
     run: RunSettings = field(default_factory=RunSettings)
     task: TaskSettings = field(default_factory=TaskSettings)

@@ -18,7 +18,13 @@ from typing import Any, Final, Protocol
 from node.schema import SettingsReader, Table
 from protocol.aggregate import AGGREGATORS
 from protocol.settings import ProtocolSettings
-from sim.scenario_parts import NO_ATTACK, ByzantineSpec, NetworkSpec, StrategySpec
+from sim.scenario_parts import (
+    NO_ATTACK,
+    ByzantineSpec,
+    NetworkSpec,
+    StrategySpec,
+    strategy_label,
+)
 from sim.schedulers import SchedulerSpecError, load_scheduler
 
 _OWN_TABLES: Final = ("network", "byzantine")
@@ -38,6 +44,9 @@ class ScenarioView(Protocol):
 
     @property
     def network(self) -> NetworkSpec: ...
+
+    @property
+    def fidelity(self) -> str: ...
 
     def byzantine_strategies(self) -> dict[int, StrategySpec]: ...
 
@@ -108,11 +117,18 @@ def check_plugins(scenario: ScenarioView) -> list[str]:
         nodes_by_spec.setdefault(repr(spec), []).append(node)
         specs[repr(spec)] = spec
     for key, nodes in nodes_by_spec.items():  # one line per distinct strategy
+        who = f"node {nodes[0]}" if len(nodes) == 1 else f"nodes {nodes}"
         try:
-            load_strategy(specs[key])
+            strategy = load_strategy(specs[key])
         except (ValueError, TypeError) as error:
-            who = f"node {nodes[0]}" if len(nodes) == 1 else f"nodes {nodes}"
             problems.append(f"[byzantine] {who}: {error}")
+            continue
+        if scenario.fidelity == "broadcast" and strategy.acts_on_messages:
+            problems.append(
+                f"[byzantine] {who}: {strategy_label(specs[key])} works on protocol messages, "
+                f'which fidelity = "broadcast" does not simulate; use fidelity = "full" '
+                f"(--fidelity full)"
+            )
     return problems
 
 

@@ -131,7 +131,29 @@ class Strategy:
     """
 
     name: ClassVar[str] = "honest"
+    #: how the broadcast fidelity (sim/broadcast_model.py) runs a strategy that works on
+    #: messages: "silent" (it never broadcasts or votes), or None: it cannot run there
+    modelled_as: ClassVar[str | None] = None
     _ctx: StrategyContext | None = None
+
+    @property
+    def acts_on_messages(self) -> bool:
+        """Whether the strategy rewrites, withholds or adds protocol messages (its
+        :meth:`outgoing` or :meth:`on_receive` is its own) in a way the broadcast fidelity
+        cannot model; learning-level attacks, crashes and silence it can."""
+        cls = type(self)
+        own = cls.outgoing is not Strategy.outgoing or cls.on_receive is not Strategy.on_receive
+        return own and self.modelled_as is None and not self.crashes
+
+    @property
+    def crashes(self) -> bool:
+        """Whether the strategy is a crash-stop (the host stops the node at some step)."""
+        return type(self).crashed is not Strategy.crashed
+
+    @property
+    def silent(self) -> bool:
+        """Whether the node never sends anything (it takes no part in any quorum)."""
+        return self.modelled_as == "silent"
 
     def __post_init__(self) -> None:
         """Check parameters (dataclass subclasses get this called on construction)."""
@@ -241,6 +263,18 @@ class Combined(Strategy):
 
     def __repr__(self) -> str:
         return f"Combined({list(self.parts)!r})"
+
+    @property
+    def acts_on_messages(self) -> bool:
+        return any(part.acts_on_messages for part in self.parts)
+
+    @property
+    def crashes(self) -> bool:
+        return any(part.crashes for part in self.parts)
+
+    @property
+    def silent(self) -> bool:
+        return any(part.silent for part in self.parts)
 
     def bind(self, ctx: StrategyContext) -> None:
         super().bind(ctx)

@@ -88,6 +88,7 @@ class Silent(Strategy):
     DESIGN 4 is sized to do without."""
 
     name = "silent"
+    modelled_as = "silent"
 
     def outgoing(self, dst: int, message: Message, data: bytes) -> Iterable[bytes]:
         return ()

@@ -87,6 +87,9 @@ class Summary:
     wall_seconds: float
     crypto: bool
     mode: str
+    #: "full" (every protocol message simulated) or "broadcast" (reliable broadcast
+    #: modelled: no protocol messages, and bytes_sent is what they would have cost)
+    fidelity: str
     #: hex session id and Ed25519 public keys (by node): what verifies evidence offline
     session: str
     public_keys: Mapping[int, str] = field(default_factory=dict)
@@ -133,6 +136,7 @@ class Summary:
             "wall_seconds": self.wall_seconds,
             "crypto": self.crypto,
             "mode": self.mode,
+            "fidelity": self.fidelity,
             "session": self.session,
             "public_keys": _keys(self.public_keys),
             "config": dict(self.config),
@@ -223,6 +227,7 @@ def build_summary(
         wall_seconds=wall_seconds,
         crypto=simulation.crypto,
         mode=mode,
+        fidelity=scenario.fidelity,
         session=simulation.session.hex(),
         public_keys={node: key.hex() for node, key in enumerate(simulation.public_keys)},
         config=scenario.to_dict(),

@@ -1,0 +1,185 @@
+"""The broadcast fidelity's model of reliable broadcast (sim/broadcast_model.py), checked
+against Bracha's broadcast run message by message over the same virtual network."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import numpy as np
+import pytest
+import trio
+import trio.testing
+
+from protocol.broadcast import BroadcastInstance, BroadcastParams
+from protocol.codec import decode, encode
+from protocol.crypto import UnsignedScheme
+from protocol.messages import Echo, InstanceId, Ready, Send, Tag
+from protocol.step import EVERYONE, Delivered, Step
+from sim.adapters import BroadcastClassifier
+from sim.broadcast_model import BroadcastModel
+from sim.delays import Constant, LogNormal
+from sim.network import VirtualNetwork
+from sim.schedulers import DefaultScheduler, MessageMeta, Scheduler
+
+N, F = 10, 3
+SEED = 5
+SESSION = bytes(32)
+
+
+def everyone(n: int = N) -> np.ndarray:
+    return np.arange(n)
+
+
+def iid(b: int, n: int = N) -> InstanceId:
+    return InstanceId(b % n, Tag(b // n, 0, 0, 0))
+
+
+def messaged_deliveries(scheduler: Scheduler, broadcasts: int, n: int = N) -> np.ndarray:
+    """(broadcast x node) delivery times of ``broadcasts`` real broadcasts, all sent at
+    virtual time 0 over the virtual network (every ECHO and READY a message)."""
+    params = [BroadcastParams(n, (n - 1) // 3, me, SESSION) for me in range(n)]
+    instances: list[dict[InstanceId, BroadcastInstance]] = [{} for _ in range(n)]
+    delivered = np.full((broadcasts, n), np.inf)
+    network = VirtualNetwork(n, SEED, scheduler, BroadcastClassifier())
+    peers = [[p for p in range(n) if p != me] for me in range(n)]
+
+    def instance(me: int, key: InstanceId) -> BroadcastInstance:
+        found = instances[me].get(key)
+        if found is None:
+            found = instances[me][key] = BroadcastInstance(
+                key, params[me], UnsignedScheme(), 1 << 16
+            )
+        return found
+
+    def execute(me: int, step: Step) -> None:
+        for outgoing in step.messages:
+            dsts = peers[me] if outgoing.to == EVERYONE else [outgoing.to]
+            network.endpoint(me).send_many(dsts, encode(outgoing.message))
+        for output in step.outputs:
+            if isinstance(output, Delivered):
+                key = output.iid
+                delivered[key.tag.step * n + key.origin, me] = network.now_s
+
+    def handler(me: int) -> Callable[[int, bytes], None]:
+        def deliver(src: int, data: bytes) -> None:
+            message = decode(data)
+            assert isinstance(message, Send | Echo | Ready)
+            rb = instance(me, message.iid)
+            if isinstance(message, Send):
+                execute(me, rb.handle_send(src, message))
+            elif isinstance(message, Echo):
+                execute(me, rb.handle_echo(src, message))
+            else:
+                execute(me, rb.handle_ready(src, message))
+
+        return deliver
+
+    async def main() -> None:
+        for b in range(broadcasts):
+            key = iid(b, n)
+            execute(key.origin, instance(key.origin, key).send(b"payload %d" % b))
+        await network.run(
+            {me: handler(me) for me in range(n)}, lambda: False, 1e6, clock_lag_max_s=1.0
+        )
+
+    trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+    return delivered
+
+
+def modelled_deliveries(
+    scheduler: Scheduler, broadcasts: int, voters: np.ndarray | None = None, n: int = N
+) -> np.ndarray:
+    chosen = everyone(n) if voters is None else voters
+    model = BroadcastModel(n, (n - 1) // 3, SEED, scheduler, lambda: chosen)
+    return np.stack([model.deliveries(iid(b, n), 100, 0.0).deliver_at_s for b in range(broadcasts)])
+
+
+def test_constant_delays_deliver_after_send_echo_and_ready() -> None:
+    """Every node delivers at 3d, as Bracha's broadcast does with constant delay d."""
+    scheduler = DefaultScheduler(link_delay=Constant(0.01))
+    model = modelled_deliveries(scheduler, 20)
+    messaged = messaged_deliveries(scheduler, 20)
+    np.testing.assert_allclose(model, 0.03)
+    np.testing.assert_allclose(messaged, 0.03)
+
+
+@pytest.mark.parametrize(
+    "scheduler",
+    [
+        DefaultScheduler(link_delay=LogNormal(median_s=0.02, sigma=0.8)),
+        DefaultScheduler(link_delay=LogNormal(median_s=0.02, sigma=0.5), slow_nodes={2: 4.0}),
+    ],
+    ids=["lognormal", "slow-node"],
+)
+def test_delivery_times_match_the_messaged_broadcast(scheduler: DefaultScheduler) -> None:
+    """The model's delivery times have the distribution that running every message gives:
+    per node (so a slow node is slow in both) and pooled, at the median and the tail."""
+    broadcasts = 300
+    model = modelled_deliveries(scheduler, broadcasts)
+    messaged = messaged_deliveries(scheduler, broadcasts)
+    assert np.isfinite(model).all() and np.isfinite(messaged).all()
+    # per node: the mean over 300 broadcasts, whose spread is a few percent
+    np.testing.assert_allclose(model.mean(axis=0), messaged.mean(axis=0), rtol=0.08)
+    for q in (0.1, 0.5, 0.9):
+        modelled_q, messaged_q = np.quantile(model, q), np.quantile(messaged, q)
+        assert modelled_q == pytest.approx(messaged_q, rel=0.06), f"quantile {q} (seed {SEED})"
+
+
+def test_an_incomplete_model_would_be_caught() -> None:
+    """The comparison above can fail: a model that stopped at the echo quorum, without
+    the READY hop, would deliver 30% early."""
+    scheduler = DefaultScheduler(link_delay=LogNormal(median_s=0.02, sigma=0.8))
+    messaged = messaged_deliveries(scheduler, 300)
+    rng = np.random.default_rng(SEED)
+    echo_quorum = BroadcastParams(N, F, 0, SESSION).echo_quorum
+    zeros = np.zeros((N, N))
+    links = np.broadcast_to(np.arange(N), (N, N))
+    two_hops = []
+    for b in range(300):
+        send = scheduler.draw_delays_s(rng, zeros[0], np.arange(N), zeros[0], "send", ())
+        send[iid(b).origin] = 0.0
+        echoes = send + scheduler.draw_delays_s(rng, links, links.T, zeros, "echo", ())
+        two_hops.append(np.sort(echoes, axis=1)[:, echo_quorum - 1])
+    assert np.median(two_hops) / np.median(messaged) < 0.8  # the faithful model: within 6%
+
+
+def test_too_few_voters_means_no_delivery_and_voters_suffice() -> None:
+    """With n-f voters (f crashed or silent) every node still delivers; with fewer than
+    the quorums none does, as in the real protocol."""
+    scheduler = DefaultScheduler()
+    honest = np.arange(N - F)
+    assert np.isfinite(modelled_deliveries(scheduler, 10, honest)).all()
+    assert np.isinf(modelled_deliveries(scheduler, 10, honest[:-1])).all()
+
+
+def test_draws_are_keyed_by_instance_not_by_call_order() -> None:
+    scheduler = DefaultScheduler()
+    model = BroadcastModel(N, F, SEED, scheduler, everyone)
+    first = model.deliveries(iid(3), 100, 1.0).deliver_at_s
+    model.deliveries(iid(4), 100, 1.0)
+    again = BroadcastModel(N, F, SEED, scheduler, everyone).deliveries(iid(3), 100, 1.0)
+    np.testing.assert_array_equal(first, again.deliver_at_s)
+    other_seed = BroadcastModel(N, F, SEED + 1, scheduler, everyone).deliveries(iid(3), 100, 1.0)
+    assert not np.array_equal(first, other_seed.deliver_at_s)
+
+
+def test_modelled_bytes_count_the_payload_echoes_and_readies() -> None:
+    model = BroadcastModel(N, F, SEED, DefaultScheduler(), everyone)
+    planned = model.deliveries(iid(2), 1000, 0.0)
+    per_vote = planned.bytes_sent[0]
+    assert per_vote > 0 and (planned.bytes_sent[np.arange(N) != 2] == per_vote).all()
+    assert planned.bytes_sent[2] == per_vote + 1000 * (N - 1)
+
+
+class HalfSpeedReadies(Scheduler):
+    """A custom scheduler without a vectorized draw: READYs twice as slow."""
+
+    def delay_s(self, meta: MessageMeta, u: float) -> float:
+        return 0.02 if meta.kind == "ready" else 0.01
+
+
+def test_a_custom_scheduler_is_asked_message_by_message() -> None:
+    model = modelled_deliveries(HalfSpeedReadies(), 5)
+    np.testing.assert_allclose(model, 0.01 + 0.01 + 0.02)
+    assert math.isclose(messaged_deliveries(HalfSpeedReadies(), 5).max(), 0.04)
