@@ -3,9 +3,13 @@
     python -m benchmarks.bench_sim_round                 # n in {16, 31, 64, 128, 256}, d = 1e4
     python -m benchmarks.bench_sim_round --sizes 4 16 --rounds 3
     python -m benchmarks.bench_sim_round --full-max 256  # full fidelity beyond n = 64 too
+    python -m benchmarks.bench_sim_round --full-max 0    # broadcast fidelity only (~1 min)
 
-Full fidelity simulates every protocol message; broadcast fidelity (sim/broadcast_model.py)
-models each reliable broadcast as per-node delivery times and runs the agreement for real.
+Full fidelity simulates every protocol message (run once per size: n = 64 takes about
+half a minute); broadcast fidelity (sim/broadcast_model.py) models each reliable broadcast
+as per-node delivery times and runs the agreement for real (the median of ``--repeats``
+runs). Broadcast fidelity's "events" are its modelled deliveries, n^2 per round of
+broadcasts.
 
 Each case is one averaging agreement of ``--rounds`` rounds (RB-TM with witnesses, the
 real :class:`~protocol.core.NodeCore`) among n nodes, f = (n-1)//3, on seeded random
@@ -42,7 +46,7 @@ from protocol.messages import InstanceId, Phase
 from protocol.step import EVERYONE, Broadcast, Decided, Step
 from sim.adapters import BroadcastClassifier
 from sim.broadcast_model import BroadcastModel
-from sim.engine import roster_keys, signing_seed
+from sim.engine import CLOCK_LAG_MAX_S, roster_keys, signing_seed
 from sim.network import MIN_DELAY_S, VirtualNetwork
 from sim.schedulers import DefaultScheduler
 
@@ -118,7 +122,10 @@ def run_network(n: int, rounds: int, crypto: bool, seed: int) -> tuple[float, in
             step = core.propose(0, Phase.GRADIENT, vectors[me])
             decided[0] += execute(peers_of(me, n), step, network.endpoint(me).send_many)
         await network.run(
-            {i: handler(i) for i in range(n)}, lambda: decided[0] == n, 1e6, clock_lag_max_s=1e-3
+            {i: handler(i) for i in range(n)},
+            lambda: decided[0] == n,
+            1e6,
+            clock_lag_max_s=CLOCK_LAG_MAX_S,
         )
 
     started = time.perf_counter()
@@ -163,7 +170,7 @@ def run_broadcast_fidelity(n: int, rounds: int, seed: int) -> tuple[float, int]:
             {i: lambda src, data: None for i in range(n)},  # no protocol messages at all
             lambda: decided[0] == n,
             1e6,
-            clock_lag_max_s=1e-3,
+            clock_lag_max_s=CLOCK_LAG_MAX_S,
             deliver_broadcast={i: handler(i) for i in range(n)},
         )
 

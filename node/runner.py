@@ -252,7 +252,9 @@ class Runner:
         if self.stopped:
             return
         self._messages_in += 1
-        self._execute(self.core.deliver(iid, payload))
+        step = self.core.deliver(iid, payload)
+        if step.outputs or step.messages or step.faults:  # usually none: a vote counted
+            self._execute(step)
         target = self.core.catchup_target()
         if target is not None:
             self._jump(target)

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Create .venv and install jungle with its dev tools. Idempotent.
+# Create .venv and install jungle with its dev tools and Ray. Idempotent.
 # torch is installed first and pinned to 2.13.0, which resolves to the CPU wheel
 # on these machines; an unpinned torch would pull several GB of CUDA packages.
 set -euo pipefail
@@ -10,4 +10,5 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet "torch==2.13.0"
-.venv/bin/python -m pip install --quiet -e ".[dev]"
+# dev: the test and lint tools; ray: sweeps on Ray, which the tests check on a local instance
+.venv/bin/python -m pip install --quiet -e ".[dev,ray]"

@@ -34,10 +34,9 @@ import numpy as np
 from protocol.broadcast import BroadcastParams
 from protocol.codec import encode
 from protocol.messages import Echo, InstanceId, Ready, Tag
+from sim.delays import DelayDraws
 from sim.schedulers import Scheduler
 
-#: keys the per-instance draws (DESIGN 6, rule 1)
-_PURPOSE_MODELLED_BROADCAST: Final = 9
 _ECHO_BYTES: Final = len(encode(Echo(InstanceId(0, Tag(0, 0, 0, 0)), bytes(32), bytes(64))))
 _READY_BYTES: Final = len(encode(Ready(InstanceId(0, Tag(0, 0, 0, 0)), bytes(32))))
 
@@ -51,6 +50,22 @@ class ModelledDelivery:
     bytes_sent: np.ndarray
 
 
+class _Voters:
+    """What a set of voters fixes for every broadcast until it changes."""
+
+    __slots__ = ("cols", "dst", "ids", "src", "vote_bytes")
+
+    def __init__(self, ids: np.ndarray, n: int) -> None:
+        m = len(ids)
+        self.ids = ids
+        self.cols = np.arange(m)
+        # (receiver j, voter k) views: row j's order statistics are node j's
+        self.src = np.broadcast_to(ids, (n, m))
+        self.dst = np.broadcast_to(np.arange(n)[:, None], (n, m))
+        self.vote_bytes = np.zeros(n, dtype=np.int64)
+        self.vote_bytes[ids] = (_ECHO_BYTES + _READY_BYTES) * (n - 1)
+
+
 class BroadcastModel:
     def __init__(
         self,
@@ -61,16 +76,19 @@ class BroadcastModel:
         voters: Callable[[], np.ndarray],
     ) -> None:
         """``voters()``: the nodes that echo and vote now (alive, not silent Byzantine
-        ones), ascending."""
+        ones), ascending; the same array object for as long as they do not change."""
         params = BroadcastParams(n, f, 0, bytes(32))
         self.n = n
-        self._seed = seed
+        self._draws = DelayDraws(seed)
         self._scheduler = scheduler
         self._voters = voters
+        self._voting: _Voters | None = None
         self._echo_quorum = params.echo_quorum
         self._ready_amplify = params.ready_amplify
         self._deliver_quorum = params.deliver_quorum
+        self._quorum = max(params.echo_quorum, params.deliver_quorum)
         self._nodes = np.arange(n)
+        self._origins = [np.full(n, origin) for origin in range(n)]
         #: (receivers x voters) scratch for delays and arrival times: fresh arrays of this
         #: size cost 2-3x more than the arithmetic done in them
         self._delay = np.empty((n, 0))
@@ -78,61 +96,51 @@ class BroadcastModel:
 
     def deliveries(self, iid: InstanceId, payload_bytes: int, now_s: float) -> ModelledDelivery:
         n, origin, tag = self.n, iid.origin, iid.tag
-        key = (origin, tag.step, tag.phase, tag.round, tag.kind)
-        rng = np.random.default_rng([self._seed, _PURPOSE_MODELLED_BROADCAST, *key])
-        voters = self._voters()
-        m = len(voters)
-        bytes_sent = np.zeros(n, dtype=np.int64)
-        bytes_sent[origin] = payload_bytes * (n - 1)
-        bytes_sent[voters] += (_ECHO_BYTES + _READY_BYTES) * (n - 1)
-        if m < max(self._echo_quorum, self._deliver_quorum):
+        ids = self._voters()
+        voting = self._voting
+        if voting is None or voting.ids is not ids:
+            voting = self._voting = _Voters(ids, n)
+            self._delay, self._work = np.empty((n, len(ids))), np.empty((n, len(ids)))
+        bytes_sent = voting.vote_bytes.copy()
+        bytes_sent[origin] += payload_bytes * (n - 1)
+        if len(ids) < self._quorum:
             return ModelledDelivery(np.full(n, np.inf), bytes_sent)
-        if self._work.shape != (n, m):
-            self._delay, self._work = np.empty((n, m)), np.empty((n, m))
-        nodes = self._nodes
+        key = (origin, tag.step, tag.phase, tag.round, tag.kind)
+        self._draws.start(origin, tag.step, (tag.phase << 40) | (tag.round << 20) | tag.kind)
+        scheduler, draws = self._scheduler, self._draws
         # the SEND hop, origin to each node
-        send = self._scheduler.draw_delays_s(
-            rng, np.broadcast_to(origin, (n,)), nodes, np.full(n, now_s), "send", key
+        send = scheduler.draw_delays_s(
+            draws, self._origins[origin], self._nodes, np.full(n, now_s), "send", key
         )
         send_arrival = now_s + send
         send_arrival[origin] = now_s
-        # Matrices are (receiver j, voter k): row j's order statistics are node j's.
-        src = np.broadcast_to(voters, (n, m))
-        dst = np.broadcast_to(nodes[:, None], (n, m))
         # the echo hop: voter k echoes once the SEND reaches it
-        echo_sent = send_arrival[voters]
-        self._hop(rng, src, dst, echo_sent, "echo", key)
-        ready_by_echo = self._ranked(voters, echo_sent)[:, self._echo_quorum - 1].copy()
+        echo_sent = send_arrival[ids]
+        self._hop(voting, echo_sent, "echo", key)
+        ready_by_echo = self._ranked(voting, echo_sent)[:, self._echo_quorum - 1].copy()
         # the ready hop: one READY per (voter, node), so one link draw serves both the
         # amplification pass (f+1 READYs make a node ready) and the deliver quorum
-        first_ready = ready_by_echo[voters]
-        self._hop(rng, src, dst, first_ready, "ready", key)
-        ranked = self._ranked(voters, first_ready)
+        first_ready = ready_by_echo[ids]
+        self._hop(voting, first_ready, "ready", key)
+        ranked = self._ranked(voting, first_ready)
         ready_at = np.minimum(ready_by_echo, ranked[:, self._ready_amplify - 1])
         deliver_at = ranked[:, self._deliver_quorum - 1]
-        if (ready_at[voters] < first_ready).any():  # amplified READYs left earlier
-            deliver_at = self._ranked(voters, ready_at[voters])[:, self._deliver_quorum - 1]
+        if (ready_at[ids] < first_ready).any():  # amplified READYs left earlier
+            deliver_at = self._ranked(voting, ready_at[ids])[:, self._deliver_quorum - 1]
         return ModelledDelivery(np.maximum(deliver_at, send_arrival), bytes_sent)
 
-    def _hop(
-        self,
-        rng: np.random.Generator,
-        src: np.ndarray,
-        dst: np.ndarray,
-        sent_s: np.ndarray,
-        kind: str,
-        tag: tuple[int, ...],
-    ) -> None:
+    def _hop(self, voting: _Voters, sent_s: np.ndarray, kind: str, tag: tuple[int, ...]) -> None:
         """Draw one message's delay per (receiver, voter) into the delay scratch."""
-        sent = np.broadcast_to(sent_s, src.shape)
-        self._scheduler.draw_delays_s(rng, src, dst, sent, kind, tag, out=self._delay)
+        self._scheduler.draw_delays_s(
+            self._draws, voting.src, voting.dst, sent_s, kind, tag, out=self._delay
+        )
 
-    def _ranked(self, voters: np.ndarray, sent_s: np.ndarray) -> np.ndarray:
+    def _ranked(self, voting: _Voters, sent_s: np.ndarray) -> np.ndarray:
         """Arrival times of one message from each voter, sent at ``sent_s`` with the
         drawn delays, each receiver's row sorted (a voter's own reaches it at once).
         The scratch is overwritten by the next call."""
         work = self._work
         np.add(sent_s, self._delay, out=work)
-        work[voters, np.arange(len(voters))] = sent_s
+        work[voting.ids, voting.cols] = sent_s
         work.sort(axis=1)  # numpy's vectorized sort beats partition at these sizes
         return work

@@ -36,6 +36,7 @@ examples:
   jungle sim default --steps 20 --no-crypto    a quick look
   jungle sim my_attack.toml --check-determinism
   jungle sim --sweep sim/scenarios/paper_table.toml --out results/paper --workers 2
+  jungle sim --sweep sim/scenarios/paper_table.toml --ray head:6379   on a Ray cluster
   python -m sim --help                         the same, without the console script
 
 built-in scenarios: {builtins}
@@ -81,6 +82,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--sweep", type=Path, metavar="GRID", help="run a grid of scenarios")
     parser.add_argument("--workers", type=int, help="sweep processes (default: all cores)")
+    parser.add_argument(
+        "--ray",
+        nargs="?",
+        const="",
+        metavar="ADDRESS",
+        help="run the sweep's cells as Ray tasks: on a local Ray instance, or on the "
+        "cluster at ADDRESS (auto, HOST:6379); needs Ray (scripts/setup.sh installs it)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress display and no table")
     parser.add_argument(
         "--mode",
@@ -105,6 +114,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.scenario is not None or args.check_determinism or args.mode != "sim":
             return _usage("--sweep takes no SCENARIO, --check-determinism or --mode")
         return _sweep(args)
+    if args.ray is not None:
+        return _usage("--ray runs a sweep's cells: use it with --sweep GRID")
     if args.check_determinism and args.mode == "process":
         return _usage(
             "--check-determinism needs --mode sim: in process mode the operating system "
@@ -198,6 +209,7 @@ def _node_log_silenced() -> Iterator[None]:
 
 def _sweep(args: argparse.Namespace) -> int:
     from sim.sweep import Grid, run_sweep
+    from sim.sweep_cells import ERROR_FILE, value_label
 
     try:
         grid = Grid.from_toml(args.sweep)
@@ -215,13 +227,24 @@ def _sweep(args: argparse.Namespace) -> int:
     if args.seed is not None:
         grid = replace(grid, seeds=(args.seed,))
     out_dir = args.out if args.out is not None else Path("results") / Path(args.sweep).stem
-    cells = run_sweep(grid, out_dir, args.workers, quiet=args.quiet)
+    try:
+        cells = run_sweep(grid, out_dir, args.workers, quiet=args.quiet, ray=args.ray)
+    except ScenarioError as error:
+        return _invalid(error)
     if not args.quiet:
         print((out_dir / "sweep.md").read_text(encoding="utf-8"), end="")
         print(f"outputs in {out_dir}/ (sweep.csv, sweep.md, one folder per run)")
     incomplete = [cell for cell in cells if not cell.results.get("completed", False)]
     for cell in incomplete:
-        print(f"jungle sim: incomplete run in {cell.out_dir}", file=sys.stderr)
+        where = ", ".join(f"{k}={value_label(k, v)}" for k, v in cell.values.items())
+        if cell.failed:
+            print(
+                f"jungle sim: cell {where}, seed {cell.seed} failed: {cell.results['error']} "
+                f"(traceback in {cell.out_dir}/{ERROR_FILE})",
+                file=sys.stderr,
+            )
+        else:
+            print(f"jungle sim: incomplete run in {cell.out_dir}", file=sys.stderr)
     return EXIT_FAILED if incomplete else EXIT_OK
 
 

@@ -55,9 +55,11 @@ PURPOSE_TRAINER: Final = 3
 PURPOSE_NETWORK: Final = 4
 PURPOSE_KEYS: Final = 5
 PURPOSE_MODELLED_BROADCAST: Final = 6
-#: lets ``trio.current_time()`` trail the network by up to 1 ms: one trio sleep per
-#: stretch of events instead of one per event (sim/network.py, ``VirtualNetwork.run``)
-CLOCK_LAG_MAX_S: Final = 1e-3
+#: lets ``trio.current_time()`` trail the network by up to 1 s: one trio sleep (some
+#: 100 us of trio's scheduling) per second of virtual time instead of one per event
+#: (sim/network.py, ``VirtualNetwork.run``). Nothing in a simulation reads trio's clock:
+#: runners, timers and the trace all run on the network's virtual time.
+CLOCK_LAG_MAX_S: Final = 1.0
 #: Byzantine runners evaluate only after their last step: their accuracy is not reported
 _NEVER: Final = 2**62
 
@@ -114,6 +116,7 @@ class Simulation:
         )
         #: broadcast fidelity: reliable broadcast modelled, not messaged (sim/broadcast_model.py)
         self.modelled: BroadcastModel | None = None
+        self._voting: np.ndarray | None = None
         if scenario.fidelity == FIDELITY_BROADCAST:
             self.modelled = BroadcastModel(
                 n,
@@ -229,8 +232,11 @@ class Simulation:
         return not self.network.is_crashed(node) and not (strategy and strategy.silent)
 
     def _voters(self) -> np.ndarray:
-        """The nodes that echo and vote in modelled broadcasts now, ascending."""
-        return np.flatnonzero([self._takes_part(node) for node in range(self.network.n)])
+        """The nodes that echo and vote in modelled broadcasts now, ascending (one array
+        until a node crashes)."""
+        if self._voting is None:
+            self._voting = np.flatnonzero([self._takes_part(k) for k in range(self.network.n)])
+        return self._voting
 
     def _on_output(self, node: int, output: Output) -> None:
         if isinstance(output, Broadcast):
@@ -282,6 +288,7 @@ class Simulation:
     def _crash(self, node: int) -> None:
         self.runners[node].stop()
         self.network.crash(node)
+        self._voting = None
 
     def _drain_measures(self) -> None:
         rounds = self.book.finished_rounds

@@ -48,7 +48,14 @@ from typing import Any
 
 import numpy as np
 
-from sim.delays import DelayModel, DelaySpecError, LogNormal, derive_uniform, parse_delay
+from sim.delays import (
+    DelayDraws,
+    DelayModel,
+    DelaySpecError,
+    LogNormal,
+    derive_uniform,
+    parse_delay,
+)
 
 __all__ = [
     "COPIES_MAX",
@@ -69,8 +76,6 @@ _JITTER_DRAW = 1
 #: a log-normal; the distribution is exact to 1/65536 in probability, and tails beyond the
 #: 1 - 2^-17 quantile are cut to it.
 QUANTILES = 1 << 16
-#: uniforms of the per-message fallback stay this far inside (0, 1)
-_UNIFORM_MIN = 1e-12
 #: 10 ms median with a moderate tail: a plausible LAN-to-WAN link when a scenario says nothing.
 _DEFAULT_LINK_DELAY = LogNormal(median_s=0.01, sigma=0.5)
 
@@ -122,7 +127,7 @@ class Scheduler:
 
     def draw_delays_s(
         self,
-        rng: np.random.Generator,
+        draws: DelayDraws,
         src: np.ndarray,
         dst: np.ndarray,
         send_time_s: np.ndarray,
@@ -130,12 +135,14 @@ class Scheduler:
         tag: tuple[int, ...],
         out: np.ndarray | None = None,
     ) -> np.ndarray:
-        """:meth:`delay_s` of many messages at once (arrays of one shape, views welcome),
-        their uniforms drawn from ``rng``: what the broadcast fidelity draws for each hop
-        of a modelled broadcast (sim/broadcast_model.py). Written into ``out`` if given
+        """:meth:`delay_s` of many messages at once, their uniforms from ``draws``: what
+        the broadcast fidelity draws for each hop of a modelled broadcast
+        (sim/broadcast_model.py). ``src`` and ``dst`` have the messages' shape (views
+        welcome), ``send_time_s`` broadcasts to it; written into ``out`` if given
         (float64, that shape). This default asks :meth:`delay_s` one message at a time;
         subclasses may vectorize it."""
-        u = np.clip(rng.random(src.shape), _UNIFORM_MIN, 1.0 - _UNIFORM_MIN)
+        u = draws.uniforms(src.shape)
+        send_time_s = np.broadcast_to(send_time_s, src.shape)
         flat = [
             self.delay_s(MessageMeta(int(s), int(d), 0, kind, tag, 0, float(t)), float(x))
             for s, d, x, t in zip(
@@ -249,6 +256,8 @@ class DefaultScheduler(Scheduler):
     reorder_jitter_s: float = 0.0
     #: the equiprobable delays :meth:`draw_delays_s` picks from, built on first use
     _quantiles: np.ndarray | None = field(default=None, init=False, repr=False, compare=False)
+    #: node -> its slow factor (1 if not slow), built on first use
+    _slow_factors: np.ndarray | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         for node, factor in self.slow_nodes.items():
@@ -288,7 +297,7 @@ class DefaultScheduler(Scheduler):
 
     def draw_delays_s(
         self,
-        rng: np.random.Generator,
+        draws: DelayDraws,
         src: np.ndarray,
         dst: np.ndarray,
         send_time_s: np.ndarray,
@@ -300,7 +309,7 @@ class DefaultScheduler(Scheduler):
         draw picks one of :data:`QUANTILES` equiprobable delays of ``link_delay`` (with
         its jitter), then slow nodes stretch it, as :meth:`delay_s` does."""
         if self.per_link or self.partitions:
-            return Scheduler.draw_delays_s(self, rng, src, dst, send_time_s, kind, tag, out)
+            return Scheduler.draw_delays_s(self, draws, src, dst, send_time_s, kind, tag, out)
         table = self._quantiles
         if table is None:
             model, jitter_s = self.link_delay, self.reorder_jitter_s
@@ -309,14 +318,18 @@ class DefaultScheduler(Scheduler):
             else:
                 table = _quantile_table(model, jitter_s)
             object.__setattr__(self, "_quantiles", table)
-        picks = rng.integers(0, QUANTILES, src.shape, dtype=np.uint16)
-        delay_s: np.ndarray = np.take(table, picks, out=out, mode="clip")  # in range
+        delay_s: np.ndarray = table.take(draws.picks(src.shape), out=out, mode="clip")
         if self.slow_nodes:
-            factor = np.ones(int(max(src.max(), dst.max(), *self.slow_nodes)) + 1)
-            for node, slow in self.slow_nodes.items():
-                factor[node] = slow
-            delay_s *= factor[src]
-            delay_s *= factor[dst]
+            factor = self._slow_factors
+            if factor is None:
+                # one entry past the highest slow node, 1.0, stands in for every node
+                # above it (np.take clips to it)
+                factor = np.ones(max(self.slow_nodes) + 2)
+                for node, slow in self.slow_nodes.items():
+                    factor[node] = slow
+                object.__setattr__(self, "_slow_factors", factor)
+            delay_s *= factor.take(src, mode="clip")
+            delay_s *= factor.take(dst, mode="clip")
         return delay_s
 
     @property

@@ -36,24 +36,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from sim.scenario import Scenario, ScenarioError, read_toml, resolve_scenario, strategy_label
+from sim.scenario import Scenario, ScenarioError, read_toml, resolve_scenario
 from sim.scenario_reader import suggest
-
-#: what a cell reports back to the sweep (from its summary), in sweep.csv column order
-RESULT_KEYS: Final = (
-    "completed",
-    "stop_reason",
-    "honest_accuracy_mean",
-    "honest_accuracy_min",
-    "averaging_error_mean",
-    "averaging_error_max",
-    "messages_sent",
-    "bytes_sent_total",
-    "faults_total",
-    "virtual_seconds",
-    "wall_seconds",
-    "trace_digest",
+from sim.sweep_cells import (
+    ERROR_FILE,
+    RESULT_KEYS,
+    CellJob,
+    Finished,
+    run_cell,
+    value_label,
 )
+
 _GRID_KEYS: Final = frozenset({"base", "seeds", "scenario", "axes", "table"})
 _TABLE_KEYS: Final = frozenset({"rows", "columns", "value"})
 
@@ -154,31 +147,10 @@ def _flatten(table: Mapping[str, Any]) -> dict[str, Any]:
     return flat
 
 
-def value_label(axis: str, value: Any) -> str:
-    """How a cell's axis value is written in tables and directory names."""
-    if axis.startswith("byzantine.") and not isinstance(value, int | float | bool):
-        return strategy_label(value)
-    return str(value).lower() if isinstance(value, bool) else str(value)
-
-
 def _cell_dirname(cell: Mapping[str, Any], seed: int) -> str:
     labels = [value_label(axis, value) for axis, value in cell.items()]
     name = "__".join([*labels, f"seed{seed}"])
     return re.sub(r"[^A-Za-z0-9_.=+-]+", "-", name)
-
-
-def _run_cell(job: tuple[dict[str, Any], dict[str, Any], int, str]) -> dict[str, Any]:
-    """One cell in a worker process: returns the RESULT_KEYS of its summary."""
-    from sim.engine import run_scenario
-
-    base, values, seed, out_dir = job
-    name = f"{base.get('name', 'sweep')}/{Path(out_dir).name}"  # plot titles name the cell
-    scenario = Scenario.from_dict(base).with_values({**values, "name": name}).with_seed(seed)
-    summary = run_scenario(scenario, Path(out_dir), progress=False)
-    data = summary.to_json()
-    data["bytes_sent_total"] = sum(summary.bytes_sent.values())
-    data["faults_total"] = sum(summary.faults["by_accused"].values())
-    return {key: data[key] for key in RESULT_KEYS}
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,31 +160,53 @@ class CellResult:
     out_dir: Path
     results: Mapping[str, Any]
 
+    @property
+    def failed(self) -> bool:
+        return "error" in self.results
+
 
 def run_sweep(
-    grid: Grid, out_dir: Path, workers: int | None = None, *, quiet: bool = False
+    grid: Grid,
+    out_dir: Path,
+    workers: int | None = None,
+    *,
+    quiet: bool = False,
+    ray: str | None = None,
 ) -> list[CellResult]:
-    """Run every cell x seed (in a spawn pool when ``workers`` > 1), write sweep.csv and
-    sweep.md into ``out_dir``, and return the results in grid order."""
+    """Run every cell x seed and write sweep.csv and sweep.md into ``out_dir``; the
+    results in grid order. Cells run in a spawn process pool (``workers`` processes,
+    default every core), or as Ray tasks when ``ray`` is given: ``""`` for a local Ray
+    instance (or the cluster ``RAY_ADDRESS`` names), else a cluster's address (see
+    sim/sweep_ray.py). Either way each cell's outputs land in its own folder here."""
     out_dir.mkdir(parents=True, exist_ok=True)
     base = grid.base.to_dict()
     jobs = [
-        (base, cell, seed, str(out_dir / _cell_dirname(cell, seed)))
+        CellJob(base, cell, seed, _cell_dirname(cell, seed))
         for cell in grid.cells()
         for seed in grid.seeds
     ]
-    workers = max(1, min(workers or os.cpu_count() or 1, len(jobs)))
     results: list[dict[str, Any] | None] = [None] * len(jobs)
-    if not quiet:
-        print(f"sweep: {len(jobs)} runs on {workers} worker(s) -> {out_dir}", file=sys.stderr)
-    if workers == 1:
-        _collect(((i, _run_cell(job)) for i, job in enumerate(jobs)), jobs, results, quiet)
+    finished: Finished
+    if ray is not None:
+        from sim.sweep_ray import ray_cells
+
+        finished = ray_cells(jobs, out_dir, ray, workers, quiet=quiet)
+        _collect(finished, jobs, results, quiet)
     else:
-        with multiprocessing.get_context("spawn").Pool(workers) as pool:
-            finished = pool.imap_unordered(_indexed_cell, list(enumerate(jobs)))
+        workers = max(1, min(workers or os.cpu_count() or 1, len(jobs)))
+        if not quiet:
+            print(f"sweep: {len(jobs)} runs on {workers} worker(s) -> {out_dir}", file=sys.stderr)
+        if workers == 1:
+            finished = (
+                (i, run_cell(job, out_dir / job.dirname), None) for i, job in enumerate(jobs)
+            )
             _collect(finished, jobs, results, quiet)
+        else:
+            with multiprocessing.get_context("spawn").Pool(workers) as pool:
+                items = [(i, job, out_dir / job.dirname) for i, job in enumerate(jobs)]
+                _collect(pool.imap_unordered(_indexed_cell, items), jobs, results, quiet)
     cells = [
-        CellResult(job[1], job[2], Path(job[3]), result or {})
+        CellResult(job.values, job.seed, out_dir / job.dirname, result or {})
         for job, result in zip(jobs, results, strict=True)
     ]
     write_csv(out_dir / "sweep.csv", grid, cells)
@@ -220,34 +214,35 @@ def run_sweep(
     return cells
 
 
-def _indexed_cell(
-    item: tuple[int, tuple[dict[str, Any], dict[str, Any], int, str]],
-) -> tuple[int, dict[str, Any]]:
-    index, job = item
-    return index, _run_cell(job)
+def _indexed_cell(item: tuple[int, CellJob, Path]) -> tuple[int, dict[str, Any], None]:
+    index, job, out_dir = item
+    return index, run_cell(job, out_dir), None
 
 
 def _collect(
-    finished: Any, jobs: Sequence[Any], results: list[dict[str, Any] | None], quiet: bool
+    finished: Finished, jobs: Sequence[CellJob], results: list[dict[str, Any] | None], quiet: bool
 ) -> None:
-    for done, (index, result) in enumerate(finished, start=1):
+    for done, (index, result, where) in enumerate(finished, start=1):
         results[index] = result
-        if not quiet:
-            _, values, seed, _ = jobs[index]
-            cell = ", ".join(f"{k}={value_label(k, v)}" for k, v in values.items())
-            accuracy = result["honest_accuracy_min"]
-            shown = "-" if accuracy is None else f"{accuracy:.3f}"
-            print(
-                f"sweep [{done}/{len(jobs)}] {cell}, seed {seed}: honest_accuracy_min {shown}"
-                f"{'' if result['completed'] else ' (INCOMPLETE)'}",
-                file=sys.stderr,
-            )
+        if quiet:
+            continue
+        at = f" on {where}" if where else ""
+        head = f"sweep [{done}/{len(jobs)}] {jobs[index].describe()}{at}"
+        if "error" in result:
+            print(f"{head}: FAILED: {result['error']}", file=sys.stderr)
+            continue
+        accuracy = result["honest_accuracy_min"]
+        shown = "-" if accuracy is None else f"{accuracy:.3f}"
+        print(
+            f"{head}: honest_accuracy_min {shown}{'' if result['completed'] else ' (INCOMPLETE)'}",
+            file=sys.stderr,
+        )
 
 
 def write_csv(path: Path, grid: Grid, cells: Sequence[CellResult]) -> None:
     with path.open("w", newline="", encoding="utf-8") as stream:
         writer = csv.writer(stream)
-        writer.writerow([*grid.axes, "seed", *RESULT_KEYS, "out_dir"])
+        writer.writerow([*grid.axes, "seed", *RESULT_KEYS, "out_dir", "error"])
         for cell in cells:
             writer.writerow(
                 [
@@ -255,6 +250,7 @@ def write_csv(path: Path, grid: Grid, cells: Sequence[CellResult]) -> None:
                     cell.seed,
                     *(cell.results.get(key) for key in RESULT_KEYS),
                     str(cell.out_dir),
+                    cell.results.get("error", ""),
                 ]
             )
 
@@ -266,6 +262,7 @@ def markdown_table(grid: Grid, cells: Sequence[CellResult]) -> str:
     )
     groups: dict[tuple[str, str], list[float]] = {}
     incomplete: set[tuple[str, str]] = set()
+    failed: set[tuple[str, str]] = set()
     row_order: list[str] = []
     for cell in cells:
         row = ", ".join(value_label(axis, cell.values[axis]) for axis in grid.rows)
@@ -277,6 +274,8 @@ def markdown_table(grid: Grid, cells: Sequence[CellResult]) -> str:
             groups.setdefault((row, column), []).append(float(value))
         if not cell.results.get("completed", False):
             incomplete.add((row, column))
+        if cell.failed:
+            failed.add((row, column))
     header_row = " x ".join(grid.rows) or "run"
     title = f"{grid.value}" + (
         f" (mean over seeds {list(grid.seeds)})" if len(grid.seeds) > 1 else ""
@@ -296,4 +295,6 @@ def markdown_table(grid: Grid, cells: Sequence[CellResult]) -> str:
         lines.append("| " + " | ".join([row, *shown]) + " |")
     if incomplete:
         lines += ["", "\\* at least one run of this cell did not finish all steps"]
+    if failed:
+        lines += [f"(some cells failed: {ERROR_FILE} in their folders says why)"]
     return "\n".join(lines)

@@ -18,7 +18,7 @@ from protocol.messages import Echo, InstanceId, Ready, Send, Tag
 from protocol.step import EVERYONE, Delivered, Step
 from sim.adapters import BroadcastClassifier
 from sim.broadcast_model import BroadcastModel
-from sim.delays import Constant, LogNormal
+from sim.delays import Constant, DelayDraws, LogNormal
 from sim.network import VirtualNetwork
 from sim.schedulers import DefaultScheduler, MessageMeta, Scheduler
 
@@ -131,15 +131,16 @@ def test_an_incomplete_model_would_be_caught() -> None:
     the READY hop, would deliver 30% early."""
     scheduler = DefaultScheduler(link_delay=LogNormal(median_s=0.02, sigma=0.8))
     messaged = messaged_deliveries(scheduler, 300)
-    rng = np.random.default_rng(SEED)
+    draws = DelayDraws(SEED)
     echo_quorum = BroadcastParams(N, F, 0, SESSION).echo_quorum
     zeros = np.zeros((N, N))
     links = np.broadcast_to(np.arange(N), (N, N))
     two_hops = []
     for b in range(300):
-        send = scheduler.draw_delays_s(rng, zeros[0], np.arange(N), zeros[0], "send", ())
+        draws.start(b)
+        send = scheduler.draw_delays_s(draws, zeros[0], np.arange(N), zeros[0], "send", ())
         send[iid(b).origin] = 0.0
-        echoes = send + scheduler.draw_delays_s(rng, links, links.T, zeros, "echo", ())
+        echoes = send + scheduler.draw_delays_s(draws, links, links.T, zeros, "echo", ())
         two_hops.append(np.sort(echoes, axis=1)[:, echo_quorum - 1])
     assert np.median(two_hops) / np.median(messaged) < 0.8  # the faithful model: within 6%
 
@@ -183,3 +184,22 @@ def test_a_custom_scheduler_is_asked_message_by_message() -> None:
     model = modelled_deliveries(HalfSpeedReadies(), 5)
     np.testing.assert_allclose(model, 0.01 + 0.01 + 0.02)
     assert math.isclose(messaged_deliveries(HalfSpeedReadies(), 5).max(), 0.04)
+
+
+def test_delay_draws_are_a_function_of_seed_and_instance() -> None:
+    draws = DelayDraws(SEED)
+    draws.start(1, 2, 3)
+    first = draws.picks((4, 5)), draws.uniforms((1000,))
+    draws.start(7)
+    draws.picks((3,))
+    draws.start(1, 2, 3)
+    np.testing.assert_array_equal(draws.picks((4, 5)), first[0])
+    np.testing.assert_array_equal(draws.uniforms((1000,)), first[1])
+    other = DelayDraws(SEED + 1)
+    other.start(1, 2, 3)
+    assert not np.array_equal(other.picks((4, 5)), first[0])
+    uniforms = first[1]
+    assert ((0.0 < uniforms) & (uniforms < 1.0)).all()
+    assert abs(uniforms.mean() - 0.5) < 0.05
+    with pytest.raises(ValueError, match="instance"):
+        draws.start(-1)
