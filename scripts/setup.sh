@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Create .venv and install jungle with its dev tools and Ray. Idempotent.
 # torch is installed first and pinned to 2.13.0, which resolves to the CPU wheel
-# on these machines; an unpinned torch would pull several GB of CUDA packages.
+# on these machines; an unpinned torch would pull several GB of CUDA packages. Every
+# other package is pinned by constraints.txt, so each install gets the same versions.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -9,6 +10,6 @@ if [ ! -x .venv/bin/python ]; then
     "$PY" -m venv .venv
 fi
 .venv/bin/python -m pip install --quiet --upgrade pip
-.venv/bin/python -m pip install --quiet "torch==2.13.0"
+.venv/bin/python -m pip install --quiet -c constraints.txt "torch==2.13.0"
 # dev: the test and lint tools; ray: sweeps on Ray, which the tests check on a local instance
-.venv/bin/python -m pip install --quiet -e ".[dev,ray]"
+.venv/bin/python -m pip install --quiet -c constraints.txt -e ".[dev,ray]"

@@ -37,6 +37,7 @@ from protocol.messages import Echo, InstanceId, Ready, Tag
 from sim.delays import DelayDraws
 from sim.schedulers import Scheduler
 
+#: an ECHO with the origin's signature in it (as with signatures on) and a READY
 _ECHO_BYTES: Final = len(encode(Echo(InstanceId(0, Tag(0, 0, 0, 0)), bytes(32), bytes(64))))
 _READY_BYTES: Final = len(encode(Ready(InstanceId(0, Tag(0, 0, 0, 0)), bytes(32))))
 
@@ -67,6 +68,9 @@ class _Voters:
 
 
 class BroadcastModel:
+    """Delivery times of modelled reliable broadcasts among n nodes, f of them tolerated,
+    from ``scheduler``'s delays (one :meth:`deliveries` call per broadcast)."""
+
     def __init__(
         self,
         n: int,
