@@ -114,29 +114,50 @@ class BroadcastModel:
         scheduler, draws = self._scheduler, self._draws
         # the SEND hop, origin to each node
         send = scheduler.draw_delays_s(
-            draws, self._origins[origin], self._nodes, np.full(n, now_s), "send", key
+            draws,
+            self._origins[origin],
+            self._nodes,
+            np.full(n, now_s),
+            "send",
+            key,
+            size_bytes=payload_bytes,
         )
         send_arrival = now_s + send
         send_arrival[origin] = now_s
         # the echo hop: voter k echoes once the SEND reaches it
         echo_sent = send_arrival[ids]
-        self._hop(voting, echo_sent, "echo", key)
+        self._hop(voting, echo_sent, "echo", key, _ECHO_BYTES)
         ready_by_echo = self._ranked(voting, echo_sent)[:, self._echo_quorum - 1].copy()
         # the ready hop: one READY per (voter, node), so one link draw serves both the
         # amplification pass (f+1 READYs make a node ready) and the deliver quorum
         first_ready = ready_by_echo[ids]
-        self._hop(voting, first_ready, "ready", key)
+        redraw = draws.mark() if scheduler.delays_depend_on_send_time else None
+        self._hop(voting, first_ready, "ready", key, _READY_BYTES)
         ranked = self._ranked(voting, first_ready)
         ready_at = np.minimum(ready_by_echo, ranked[:, self._ready_amplify - 1])
         deliver_at = ranked[:, self._deliver_quorum - 1]
         if (ready_at[ids] < first_ready).any():  # amplified READYs left earlier
+            if redraw is not None:
+                # the same draws, asked again at the earlier send times (a READY sent
+                # before a partition heals is held, one sent after it is not)
+                draws.rewind(redraw)
+                self._hop(voting, ready_at[ids], "ready", key, _READY_BYTES)
             deliver_at = self._ranked(voting, ready_at[ids])[:, self._deliver_quorum - 1]
         return ModelledDelivery(np.maximum(deliver_at, send_arrival), bytes_sent)
 
-    def _hop(self, voting: _Voters, sent_s: np.ndarray, kind: str, tag: tuple[int, ...]) -> None:
+    def _hop(
+        self, voting: _Voters, sent_s: np.ndarray, kind: str, tag: tuple[int, ...], size: int
+    ) -> None:
         """Draw one message's delay per (receiver, voter) into the delay scratch."""
         self._scheduler.draw_delays_s(
-            self._draws, voting.src, voting.dst, sent_s, kind, tag, out=self._delay
+            self._draws,
+            voting.src,
+            voting.dst,
+            sent_s,
+            kind,
+            tag,
+            out=self._delay,
+            size_bytes=size,
         )
 
     def _ranked(self, voting: _Voters, sent_s: np.ndarray) -> np.ndarray:

@@ -25,7 +25,7 @@ import struct
 from collections.abc import Mapping
 from dataclasses import MISSING, dataclass, fields
 from statistics import NormalDist
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -186,6 +186,13 @@ class DelayDraws:
         state["buffer_pos"] = 4  # drop any buffered words
         state["has_uint32"] = 0
         self._bits.state = state
+
+    def mark(self) -> Any:
+        """Where the stream is now, for :meth:`rewind` to draw the same numbers again."""
+        return self._bits.state
+
+    def rewind(self, mark: Any) -> None:
+        self._bits.state = mark
 
     def picks(self, shape: tuple[int, ...]) -> np.ndarray:
         """Uniform integers in [0, 2^16), of ``shape``."""

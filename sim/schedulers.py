@@ -125,6 +125,14 @@ class Scheduler:
         building a :class:`MessageMeta` per message. None (the default) when unsure."""
         return None
 
+    @property
+    def delays_depend_on_send_time(self) -> bool:
+        """Whether :meth:`delay_s` looks at ``meta.send_time_s`` (partitions, time-scripted
+        networks). The broadcast fidelity then draws a READY's delay again when the READY
+        leaves earlier than first thought. True (the safe answer) unless a subclass says
+        otherwise."""
+        return True
+
     def draw_delays_s(
         self,
         draws: DelayDraws,
@@ -134,17 +142,20 @@ class Scheduler:
         kind: str,
         tag: tuple[int, ...],
         out: np.ndarray | None = None,
+        size_bytes: int = 0,
     ) -> np.ndarray:
         """:meth:`delay_s` of many messages at once, their uniforms from ``draws``: what
         the broadcast fidelity draws for each hop of a modelled broadcast
         (sim/broadcast_model.py). ``src`` and ``dst`` have the messages' shape (views
         welcome), ``send_time_s`` broadcasts to it; written into ``out`` if given
-        (float64, that shape). This default asks :meth:`delay_s` one message at a time;
+        (float64, that shape); ``size_bytes`` is each message's size. This default asks
+        :meth:`delay_s` one message at a time (``seq`` is 0: modelled messages have no
+        link sequence number, and :meth:`copies` is not asked: the model has no copies);
         subclasses may vectorize it."""
         u = draws.uniforms(src.shape)
         send_time_s = np.broadcast_to(send_time_s, src.shape)
         flat = [
-            self.delay_s(MessageMeta(int(s), int(d), 0, kind, tag, 0, float(t)), float(x))
+            self.delay_s(MessageMeta(int(s), int(d), 0, kind, tag, size_bytes, float(t)), float(x))
             for s, d, x, t in zip(
                 src.ravel(), dst.ravel(), u.ravel(), send_time_s.ravel(), strict=True
             )
@@ -261,6 +272,8 @@ class DefaultScheduler(Scheduler):
 
     def __post_init__(self) -> None:
         for node, factor in self.slow_nodes.items():
+            if not (isinstance(node, int) and node >= 0):
+                raise ValueError(f"slow node {node!r}: a node id is an int >= 0")
             if not (math.isfinite(factor) and factor > 0.0):
                 raise ValueError(f"slow node {node}: factor must be finite and > 0, got {factor}")
         if not 0.0 <= self.duplicate_prob < 1.0:
@@ -295,6 +308,10 @@ class DefaultScheduler(Scheduler):
             return None
         return self.link_delay.sample
 
+    @property
+    def delays_depend_on_send_time(self) -> bool:
+        return bool(self.partitions)
+
     def draw_delays_s(
         self,
         draws: DelayDraws,
@@ -304,12 +321,15 @@ class DefaultScheduler(Scheduler):
         kind: str,
         tag: tuple[int, ...],
         out: np.ndarray | None = None,
+        size_bytes: int = 0,
     ) -> np.ndarray:
         """Vectorized unless links differ (``per_link``) or partitions hold messages: a
         draw picks one of :data:`QUANTILES` equiprobable delays of ``link_delay`` (with
         its jitter), then slow nodes stretch it, as :meth:`delay_s` does."""
         if self.per_link or self.partitions:
-            return Scheduler.draw_delays_s(self, draws, src, dst, send_time_s, kind, tag, out)
+            return Scheduler.draw_delays_s(
+                self, draws, src, dst, send_time_s, kind, tag, out, size_bytes
+            )
         table = self._quantiles
         if table is None:
             model, jitter_s = self.link_delay, self.reorder_jitter_s

@@ -25,6 +25,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import importlib.metadata
+import os
 import platform
 import socket
 import sys
@@ -34,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from sim.scenario import ScenarioError
-from sim.sweep_cells import CellJob, Finished, run_cell
+from sim.sweep_cells import ERROR_FILE, CellJob, Finished, run_cell
 
 #: distributions whose versions change what a cell computes
 _VERSIONED = ("numpy", "torch", "scikit-learn", "msgpack", "blake3", "pynacl", "cryptography")
@@ -105,18 +106,43 @@ def ray_cells(
         options: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
         if address:
             options["address"] = address
-        elif workers:
+        elif workers and not os.environ.get("RAY_ADDRESS"):
             options["num_cpus"] = workers  # a local instance of this size
         options["runtime_env"] = {
             "py_modules": [str(_package_dir(name)) for name in _PACKAGES],
             "excludes": ["__pycache__"],
         }
-        ray.init(**options)
+        if address:
+            _check_reachable(address)
+        try:
+            ray.init(**options)
+        except Exception as error:  # unreachable address, ray:// without ray[client], ...
+            where = address or os.environ.get("RAY_ADDRESS") or "a local instance"
+            raise ScenarioError(
+                [f"--ray: cannot start or reach Ray at {where}: {_brief(error)}"]
+            ) from None
     try:
         yield from _run(ray, jobs, out_dir, quiet)
     finally:
         if started_here:
             ray.shutdown()
+
+
+def _check_reachable(address: str, timeout_s: float = 5.0) -> None:
+    """Fail fast, in one line, on a ``HOST:PORT`` nobody listens at (``ray.init`` would
+    retry for minutes); ``auto`` and ``ray://`` addresses are left to Ray."""
+    host, sep, port = address.rpartition(":")
+    if not sep or "://" in address or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+    except OSError as error:
+        raise ScenarioError(
+            [
+                f"--ray: no Ray head answers at {address} ({error.strerror or error}); start one "
+                "with `ray start --head --port=6379` on that machine, or check the address"
+            ]
+        ) from None
 
 
 def _run(ray: Any, jobs: Sequence[CellJob], out_dir: Path, quiet: bool) -> Iterator[Any]:
@@ -137,21 +163,45 @@ def _run(ray: Any, jobs: Sequence[CellJob], out_dir: Path, quiet: bool) -> Itera
         try:
             results, files, host, theirs = ray.get(ref)
         except Exception as error:  # the worker died, or Ray failed it
-            yield index, {"completed": False, "stop_reason": "failed", "error": _brief(error)}, None
+            yield index, _failed(cell_dir, _brief(error), str(error)), None
             continue
-        for name, data in files.items():
-            path = cell_dir / name
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(data)
         if theirs != ours:
-            results = {
-                "completed": False,
-                "stop_reason": "failed",
-                "error": f"worker {host} computes with other versions: "
-                f"{_differences(ours, theirs)}; install the same on every machine "
-                "(scripts/setup.sh)",
-            }
+            # its outputs were computed with other libraries: none of them is kept
+            why = (
+                f"worker {host} computes with other versions: {_differences(ours, theirs)}; "
+                "install the same on every machine (scripts/setup.sh)"
+            )
+            yield index, _failed(cell_dir, why, why), host
+            continue
+        try:
+            _write_outputs(cell_dir, files)
+        except ValueError as error:
+            yield index, _failed(cell_dir, str(error), str(error)), host
+            continue
         yield index, results, host
+
+
+def _write_outputs(cell_dir: Path, files: dict[str, bytes]) -> None:
+    """Write a task's output files into ``cell_dir``, refusing (before writing any) a
+    name that would land outside it: absolute, with ``..``, or through a link."""
+    root = cell_dir.resolve()
+    targets = []
+    for name in files:
+        relative = Path(name)
+        target = (cell_dir / relative).resolve()
+        if relative.is_absolute() or ".." in relative.parts or not target.is_relative_to(root):
+            raise ValueError(f"a Ray task returned an output outside its cell's folder: {name!r}")
+        targets.append(target)
+    for target, data in zip(targets, files.values(), strict=True):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(data)
+
+
+def _failed(cell_dir: Path, error: str, details: str) -> dict[str, Any]:
+    """The results of a cell that failed outside ``run_cell``, its ``error.txt`` written."""
+    cell_dir.mkdir(parents=True, exist_ok=True)
+    (cell_dir / ERROR_FILE).write_text(details + "\n", encoding="utf-8")
+    return {"completed": False, "stop_reason": "failed", "error": error}
 
 
 def _brief(error: BaseException) -> str:

@@ -35,9 +35,12 @@ def iid(b: int, n: int = N) -> InstanceId:
     return InstanceId(b % n, Tag(b // n, 0, 0, 0))
 
 
-def messaged_deliveries(scheduler: Scheduler, broadcasts: int, n: int = N) -> np.ndarray:
+def messaged_deliveries(
+    scheduler: Scheduler, broadcasts: int, n: int = N, silent: frozenset[int] = frozenset()
+) -> np.ndarray:
     """(broadcast x node) delivery times of ``broadcasts`` real broadcasts, all sent at
-    virtual time 0 over the virtual network (every ECHO and READY a message)."""
+    virtual time 0 over the virtual network (every ECHO and READY a message); ``silent``
+    nodes send nothing (their broadcasts stay undelivered)."""
     params = [BroadcastParams(n, (n - 1) // 3, me, SESSION) for me in range(n)]
     instances: list[dict[InstanceId, BroadcastInstance]] = [{} for _ in range(n)]
     delivered = np.full((broadcasts, n), np.inf)
@@ -63,6 +66,8 @@ def messaged_deliveries(scheduler: Scheduler, broadcasts: int, n: int = N) -> np
 
     def handler(me: int) -> Callable[[int, bytes], None]:
         def deliver(src: int, data: bytes) -> None:
+            if me in silent:
+                return
             message = decode(data)
             assert isinstance(message, Send | Echo | Ready)
             rb = instance(me, message.iid)
@@ -78,6 +83,8 @@ def messaged_deliveries(scheduler: Scheduler, broadcasts: int, n: int = N) -> np
     async def main() -> None:
         for b in range(broadcasts):
             key = iid(b, n)
+            if key.origin in silent:
+                continue
             execute(key.origin, instance(key.origin, key).send(b"payload %d" % b))
         await network.run(
             {me: handler(me) for me in range(n)}, lambda: False, 1e6, clock_lag_max_s=1.0
@@ -126,6 +133,22 @@ def test_delivery_times_match_the_messaged_broadcast(scheduler: DefaultScheduler
         assert modelled_q == pytest.approx(messaged_q, rel=0.06), f"quantile {q} (seed {SEED})"
 
 
+def test_with_f_silent_nodes_the_tight_quorums_match_too() -> None:
+    """f of the n nodes silent: every quorum needs all but none of the rest, where the
+    order statistics and READY amplification matter most."""
+    scheduler = DefaultScheduler(link_delay=LogNormal(median_s=0.02, sigma=0.8))
+    honest = np.arange(N - F)
+    model = modelled_deliveries(scheduler, 300, honest)
+    messaged = messaged_deliveries(scheduler, 300, silent=frozenset(range(N - F, N)))
+    from_honest = np.arange(300) % N < N - F
+    model, messaged = model[from_honest][:, honest], messaged[from_honest][:, honest]
+    assert np.isfinite(model).all() and np.isfinite(messaged).all()
+    np.testing.assert_allclose(model.mean(axis=0), messaged.mean(axis=0), rtol=0.08)
+    for q in (0.1, 0.5, 0.9):
+        modelled_q, messaged_q = np.quantile(model, q), np.quantile(messaged, q)
+        assert modelled_q == pytest.approx(messaged_q, rel=0.06), f"quantile {q} (seed {SEED})"
+
+
 def test_an_incomplete_model_would_be_caught() -> None:
     """The comparison above can fail: a model that stopped at the echo quorum, without
     the READY hop, would deliver 30% early."""
@@ -156,13 +179,54 @@ def test_too_few_voters_means_no_delivery_and_voters_suffice() -> None:
 
 def test_draws_are_keyed_by_instance_not_by_call_order() -> None:
     scheduler = DefaultScheduler()
+    fresh = BroadcastModel(N, F, SEED, scheduler, everyone).deliveries(iid(3), 100, 1.0)
     model = BroadcastModel(N, F, SEED, scheduler, everyone)
-    first = model.deliveries(iid(3), 100, 1.0).deliver_at_s
     model.deliveries(iid(4), 100, 1.0)
-    again = BroadcastModel(N, F, SEED, scheduler, everyone).deliveries(iid(3), 100, 1.0)
-    np.testing.assert_array_equal(first, again.deliver_at_s)
+    after_another = model.deliveries(iid(3), 100, 1.0)
+    np.testing.assert_array_equal(fresh.deliver_at_s, after_another.deliver_at_s)
     other_seed = BroadcastModel(N, F, SEED + 1, scheduler, everyone).deliveries(iid(3), 100, 1.0)
-    assert not np.array_equal(first, other_seed.deliver_at_s)
+    assert not np.array_equal(fresh.deliver_at_s, other_seed.deliver_at_s)
+
+
+class HeldEarlyReady(Scheduler):
+    """n = 4, origin 0, 10 ms links, except: echoes from 1 and 2 reach node 3 after 1 s,
+    READY 2 -> 0 takes 1 s, and READY 3 -> 0 sent before t = 0.5 s is held until 5 s.
+    Node 3 becomes ready early by amplification (the others' READYs), so its READY to 0 is
+    held, and node 0's third READY is 2's, at about 1.02 s."""
+
+    def delay_s(self, meta: MessageMeta, u: float) -> float:
+        link = (meta.kind, meta.src, meta.dst)
+        if link in {("echo", 1, 3), ("echo", 2, 3), ("ready", 2, 0)}:
+            return 1.0
+        if link == ("ready", 3, 0) and meta.send_time_s < 0.5:
+            return 5.0 - meta.send_time_s
+        return 0.01
+
+
+def test_a_ready_sent_early_by_amplification_gets_the_delay_of_its_real_send_time() -> None:
+    """With a scheduler that looks at send times, the READY a node sends early (f+1
+    READYs, before its echo quorum) is asked about at that earlier time: here it is held,
+    so node 0 delivers at about 1.02 s, as message by message, not at 0.04 s."""
+    n = 4
+    modelled = modelled_deliveries(HeldEarlyReady(), 1, n=n)[0]
+    messaged = messaged_deliveries(HeldEarlyReady(), 1, n=n)[0]
+    assert messaged[0] == pytest.approx(1.02, abs=0.005)
+    np.testing.assert_allclose(modelled, messaged, atol=0.005)
+
+
+def test_a_scheduler_blind_to_send_times_needs_no_second_draw() -> None:
+    """DefaultScheduler without partitions: the model skips the redraw, and the redraw
+    would change nothing (the same draws give the same delays at any send time)."""
+    plain = DefaultScheduler(link_delay=LogNormal(median_s=0.02, sigma=1.0))
+    assert not plain.delays_depend_on_send_time
+
+    class Asked(DefaultScheduler):
+        @property
+        def delays_depend_on_send_time(self) -> bool:
+            return True
+
+    asked = Asked(link_delay=LogNormal(median_s=0.02, sigma=1.0))
+    np.testing.assert_array_equal(modelled_deliveries(plain, 50), modelled_deliveries(asked, 50))
 
 
 def test_modelled_bytes_count_the_payload_echoes_and_readies() -> None:

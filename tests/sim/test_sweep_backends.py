@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import socket
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -100,6 +101,40 @@ def test_ray_workers_with_other_libraries_fail_their_cells(
     err = capsys.readouterr().err
     assert err.count("computes with other versions: numpy") >= 4, err
     assert "(here 0.0-driver)" in err
+    cells = [folder for folder in out.iterdir() if folder.is_dir()]
+    assert len(cells) == 4
+    for folder in cells:  # nothing computed with other libraries is kept
+        assert [p.name for p in folder.iterdir()] == [ERROR_FILE]
+        assert "computes with other versions" in (folder / ERROR_FILE).read_text()
+
+
+def test_a_ray_address_nobody_answers_at_is_refused_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pytest.importorskip("ray")
+    with socket.socket() as probe:  # a port that was free a moment ago
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    grid = write_grid(tmp_path)
+    out = tmp_path / "out"
+    assert main(["--sweep", str(grid), "--out", str(out), "--ray", f"127.0.0.1:{port}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        f"jungle sim: --ray: no Ray head answers at 127.0.0.1:{port} (Connection refused); "
+        "start one with `ray start --head --port=6379` on that machine, or check the address"
+    ]
+
+
+@pytest.mark.parametrize("name", ["/etc/cron.d/x", "../escaped.txt", "plots/../../x"])
+def test_outputs_a_task_returns_cannot_land_outside_their_cell(tmp_path: Path, name: str) -> None:
+    from sim.sweep_ray import _write_outputs
+
+    cell = tmp_path / "sweep" / "cell"
+    with pytest.raises(ValueError, match="outside its cell's folder"):
+        _write_outputs(cell, {"summary.json": b"{}", name: b"x"})
+    assert not cell.exists() and not (tmp_path / "sweep" / "escaped.txt").exists()
+    _write_outputs(cell, {"summary.json": b"{}", "plots/a.png": b"png"})
+    assert (cell / "plots" / "a.png").read_bytes() == b"png"
 
 
 SCHEDULER = """
