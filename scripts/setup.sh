@@ -9,7 +9,8 @@ PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
     "$PY" -m venv .venv
 fi
-.venv/bin/python -m pip install --quiet --upgrade pip
-.venv/bin/python -m pip install --quiet -c constraints.txt "torch==2.13.0"
-# dev: the test and lint tools; ray: sweeps on Ray, which the tests check on a local instance
-.venv/bin/python -m pip install --quiet -c constraints.txt -e ".[dev,ray]"
+.venv/bin/python -m pip install -qq "pip==26.3"
+.venv/bin/python -m pip install -qq -c constraints.txt "torch==2.13.0"
+# dev: the test and lint tools; ray: sweeps on Ray, which the tests check on a local instance.
+# -qq: errors only (setuptools warns about every editable install)
+.venv/bin/python -m pip install -qq -c constraints.txt -e ".[dev,ray]"
