@@ -20,6 +20,7 @@ vectors, which is what makes the trimmed mean contract even at n = 3f+1.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -160,9 +161,12 @@ class _Round:
     waiting: dict[int, list[int]] = field(default_factory=dict)
     #: reporter -> how many origins of its REPORT are not held yet
     missing: dict[int, int] = field(default_factory=dict)
+    #: the held origins as a bit mask (bit i: origin i), for the witness check
+    held_mask: int = 0
 
     def hold(self, origin: int, vector: np.ndarray) -> None:
         self.held[origin] = vector
+        self.held_mask |= 1 << origin
         for reporter in self.waiting.pop(origin, ()):
             self.missing[reporter] -= 1
             if not self.missing[reporter]:
@@ -172,13 +176,25 @@ class _Round:
         """A REPORT delivered: its reporter is a witness once every origin it lists is
         held (counted incrementally: each (report, origin) pair is looked at once)."""
         self.reports[reporter] = report
-        lacking = report.difference(self.held)  # iterates the report, probing the dict
+        lacking = _mask_of(report) & ~self.held_mask  # n/64 words, not n set probes
         if not lacking:
             self.witnesses += 1
             return
-        self.missing[reporter] = len(lacking)
-        for origin in lacking:
-            self.waiting.setdefault(origin, []).append(reporter)
+        self.missing[reporter] = lacking.bit_count()
+        while lacking:
+            low = lacking & -lacking
+            self.waiting.setdefault(low.bit_length() - 1, []).append(reporter)
+            lacking ^= low
+
+
+@functools.lru_cache(maxsize=1024)
+def _mask_of(report: frozenset[int]) -> int:
+    """A REPORT's origins as a bit mask. Cached: one decoded REPORT (one frozenset object,
+    see :func:`protocol.codec.decode_report`) reaches every core of a simulation."""
+    mask = 0
+    for origin in report:
+        mask |= 1 << origin
+    return mask
 
 
 class AveragingAgreement:

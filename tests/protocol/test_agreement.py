@@ -7,6 +7,8 @@ import random
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from protocol.agreement import AveragingAgreement, _Round
 from protocol.codec import encode, peek
@@ -180,3 +182,35 @@ def test_silent_byzantine_nodes_do_not_block_progress() -> None:
     cluster.propose(0, 0, {i: np.full(4, float(i), np.float32) for i in range(n)})
     cluster.run()
     assert all((0, 0) in cluster.nodes[i].decided for i in cluster.honest)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.data())
+def test_witnesses_are_counted_as_a_recount_from_scratch_would(data: st.DataObject) -> None:
+    """Vectors and REPORTs arriving in any order: the incremental witness count (bit
+    masks, per-origin waiting lists) always equals counting the covered reports anew."""
+    n = data.draw(st.integers(1, 200), label="n")
+    events = data.draw(
+        st.lists(
+            st.one_of(
+                st.tuples(st.just("hold"), st.integers(0, n - 1)),
+                st.tuples(
+                    st.just("report"),
+                    st.integers(0, n - 1),
+                    st.frozensets(st.integers(0, n - 1), min_size=1),
+                ),
+            ),
+            max_size=60,
+        ),
+        label="events",
+    )
+    state = _Round()
+    vector = np.zeros(1, dtype=np.float32)
+    for event in events:
+        if event[0] == "hold":
+            if event[1] not in state.held:
+                state.hold(event[1], vector)
+        elif event[1] not in state.reports:
+            state.add_report(event[1], event[2])
+        recount = sum(report <= state.held.keys() for report in state.reports.values())
+        assert state.witnesses == recount
