@@ -31,6 +31,7 @@ from typing import IO, Final
 import trio
 
 from node.checkpoint import Checkpoint
+from node.checkpoint_writer import CheckpointWriter
 from node.divergence import DivergenceGuard
 from node.metrics import MetricsWriter, Progress, ProgressLine, is_log_point, peer_keyed
 from node.plugins import load_plugin
@@ -94,6 +95,9 @@ class NodeApp:
         self._status = EXIT_DONE
         self._run_scope = trio.CancelScope()
         self._checkpoint_failures = 0
+        self._checkpoints = CheckpointWriter(
+            prepared.checkpoints.save, self._checkpoint_written, self._checkpoint_failed
+        )
         self._runner: Runner | None = None
         self._transport: TcpTransport | None = None
 
@@ -150,8 +154,14 @@ class NodeApp:
         this node's state exists, so a later start can never mistake it for a fresh one."""
         prepared = self._prepared
         prepared.journal.open()
-        if prepared.checkpoint_step is None:
-            self._save_checkpoint(prepared.start_step)
+        if prepared.checkpoint_step is None:  # written here, before anything is sent
+            checkpoint = self._checkpoint(prepared.start_step)
+            try:
+                prepared.checkpoints.save(checkpoint)
+            except OSError as error:
+                self._checkpoint_failed(checkpoint, error)
+            else:
+                self._checkpoint_written(checkpoint)
 
     async def _listen(self) -> list[trio.SocketListener] | None:
         """Bind first, so a busy port is one clear line rather than a traceback."""
@@ -206,9 +216,11 @@ class NodeApp:
             if self._progress is not None:
                 nursery.start_soon(self._refresh_progress)
             nursery.start_soon(self._watch_stalls)
+            nursery.start_soon(self._checkpoints.run)
             with self._run_scope:
                 await self._wait_for_peers(transport)
                 await runner.run(self._receive, run.tick_interval_s, node.linger_s)
+                await self._checkpoints.flush()  # the last step's, before the summary
                 log.info(
                     "finished %d steps in %.1f s; last test accuracy %s",
                     runner.step,
@@ -383,33 +395,34 @@ class NodeApp:
     def _on_step_end(self, next_step: int) -> None:
         node = self._config.node
         if next_step % node.checkpoint_every == 0 or next_step >= self._config.run.steps:
-            self._save_checkpoint(next_step)
+            self._checkpoints.submit(self._checkpoint(next_step))  # written off the loop
         strategy = self._prepared.strategy
         if strategy is not None and strategy.crashed(next_step):
             self._crash(next_step)
 
     # ---------------------------------------------------------------------- helpers
 
-    def _save_checkpoint(self, next_step: int) -> None:
-        store = self._prepared.checkpoints
+    def _checkpoint(self, next_step: int) -> Checkpoint:
+        """The node's state before ``next_step``: a snapshot (the trainer state is copies)."""
         prepared = self._prepared
-        checkpoint = Checkpoint(
+        return Checkpoint(
             step=next_step,
             session_id_hex=prepared.roster.session_id.hex(),
             public_key_b64=prepared.public_key,
             resume_digest=self._config.resume_digest(),
             trainer_state=prepared.trainer.state_dict(),
         )
-        try:
-            store.save(checkpoint)
-        except OSError as error:
-            # A full disk must not stop the learning; the previous checkpoint is intact.
-            self._checkpoint_failures += 1
-            if is_log_point(self._checkpoint_failures):
-                log.error("checkpoint at step %d failed: %s", next_step, error)
-            return
-        self._metrics.write("checkpoint", step=next_step, path=str(store.path))
-        log.debug("checkpoint written at step %d", next_step)
+
+    def _checkpoint_written(self, checkpoint: Checkpoint) -> None:
+        path = self._prepared.checkpoints.path
+        self._metrics.write("checkpoint", step=checkpoint.step, path=str(path))
+        log.debug("checkpoint written at step %d", checkpoint.step)
+
+    def _checkpoint_failed(self, checkpoint: Checkpoint, error: OSError) -> None:
+        # A full disk must not stop the learning; the previous checkpoint is intact.
+        self._checkpoint_failures += 1
+        if is_log_point(self._checkpoint_failures):
+            log.error("checkpoint at step %d failed: %s", checkpoint.step, error)
 
     def _crash(self, step: int) -> None:
         log.warning("BYZANTINE MODE: the strategy crashes this node at step %d", step)
