@@ -10,10 +10,12 @@ peers out. Before a connection authenticates it gets almost nothing (DESIGN 5):
 - **Caps per source.** No source (an IPv4 address, an IPv6 /64) holds more than
   ``handshakes_per_source_max`` slots of a pool; a new connection from it replaces its
   oldest one.
-- **The oldest goes first.** A full pool makes room for the newest connection by evicting
-  its oldest pending handshake, instead of refusing the newcomer: a stranger holding idle
-  connections loses them to whoever connects next, and an honest dialer, which sends its
-  HELLO at once and finishes within a round trip or two, gets through.
+- **The oldest of the greediest goes first.** A full pool makes room for the newest
+  connection instead of refusing it, by evicting the oldest pending handshake of a source
+  holding the most slots: a source holding idle connections (a stranger, or a Byzantine
+  roster member flooding the roster's room) loses its own to whoever connects next, and an
+  honest dialer, which holds one slot, sends its HELLO at once and finishes within a round
+  trip or two, is not evicted for it. Among sources holding equally many, the oldest goes.
 - **A rate limit per source.** Sources outside the roster get a token bucket of
   ``handshakes_per_source_per_s`` connections a second (burst: the same number); past it a
   connection is closed before anything is read from it.
@@ -27,7 +29,7 @@ from __future__ import annotations
 
 import ipaddress
 import itertools
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Final
@@ -66,15 +68,19 @@ class _Pool:
     pending: OrderedDict[int, Ticket] = field(default_factory=OrderedDict)
 
     def make_room(self, source: str) -> list[Ticket]:
-        """The tickets to evict so that one more from ``source`` fits."""
+        """The tickets to evict so that one more from ``source`` fits: its own oldest if
+        it is at its cap; else, in a full pool, the oldest of a source holding the most
+        (the newcomer counted with its own), so that sources flooding a pool churn their
+        own connections and never the one or two of a peer that is reconnecting."""
         same = [t for t in self.pending.values() if t.source == source]
         if len(same) >= self.per_source_max:
             return same[: len(same) - self.per_source_max + 1]
-        if len(self.pending) >= self.capacity:
-            return list(
-                itertools.islice(self.pending.values(), len(self.pending) - self.capacity + 1)
-            )
-        return []
+        if len(self.pending) < self.capacity:
+            return []
+        held = Counter(t.source for t in self.pending.values())
+        held[source] += 1
+        most = max(held.values())
+        return [next(t for t in self.pending.values() if held[t.source] == most)]
 
 
 @dataclass(slots=True)

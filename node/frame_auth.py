@@ -73,17 +73,27 @@ SUITE_NAMES: Final = {code: name for name, code in SUITES.items()}
 ENCRYPTING_SUITES: Final = frozenset({SUITE_AES_256_GCM, SUITE_CHACHA20_POLY1305})
 #: frames one key may seal (the counter is the nonce: never near its 2^64 wrap)
 FRAMES_PER_KEY_MAX: Final = 2**32
+#: bytes one key may seal at most, whatever a node configures (``link_bytes_max`` is at
+#: most this): what a receiver enforces, since the sender's own limit is not negotiated.
+#: 256 GiB is 2^34 AES blocks, inside RFC 8446's margin for AES-GCM (5.5: 2^24.5 full records)
+LINK_BYTES_CEILING: Final = 2**38
 #: payloads at least this large are sealed into reused buffers (no allocation per frame)
 _REUSED_BUFFER_BYTES_MIN: Final = 64 * 1024
 
 
 class FrameRejected(Exception):
-    """An authenticated-phase frame was refused; ``kind`` names the fault."""
+    """An authenticated-phase frame was refused; ``kind`` names the fault.
 
-    def __init__(self, kind: str, detail: str) -> None:
+    ``authentic``: the frame opened (its tag verified under the peer's key), so the peer
+    sent it and may be charged; a frame that fails to open, or whose unauthenticated
+    length prefix is wrong, may come from anyone on the path and is charged to nobody.
+    """
+
+    def __init__(self, kind: str, detail: str, *, authentic: bool = False) -> None:
         super().__init__(detail)
         self.kind = kind
         self.detail = detail
+        self.authentic = authentic
 
 
 class KeyExhausted(Exception):
@@ -255,5 +265,5 @@ class FrameOpener:
         direction.bytes_sealed += size
         kind, seq = HEADER.unpack_from(body)
         if kind not in (KIND_DATA, KIND_ACK):
-            raise FrameRejected("frame_malformed", f"unknown frame kind {kind}")
+            raise FrameRejected("frame_malformed", f"unknown frame kind {kind}", authentic=True)
         return kind, seq, payload

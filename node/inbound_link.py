@@ -26,7 +26,14 @@ import trio
 
 from node import handshake
 from node.admission import Admission, AdmissionStatistics
-from node.frame_auth import KIND_DATA, FrameOpener, FrameRejected, FrameSealer, KeyExhausted
+from node.frame_auth import (
+    KIND_DATA,
+    LINK_BYTES_CEILING,
+    FrameOpener,
+    FrameRejected,
+    FrameSealer,
+    KeyExhausted,
+)
 from node.framing import (
     CONNECTION_ERRORS,
     FrameReader,
@@ -190,7 +197,12 @@ class InboundLinks:
                 "node %d: link from peer %d used up its keys; it will reconnect", self._me, peer
             )
         except (FramingError, FrameRejected) as error:
-            self._faults.record(error.kind, peer, error.detail, where)
+            # Only what opened under the peer's key is the peer's doing; a frame that fails
+            # to open (or a bad length prefix) may be anyone's on the path.
+            authentic = isinstance(error, FrameRejected) and error.authentic
+            accused = peer if authentic else UNKNOWN_PEER
+            link = f"{where}, link from peer {peer}"
+            self._faults.record(error.kind, accused, error.detail, link)
         finally:
             if state.active is scope:
                 state.active = None
@@ -215,7 +227,8 @@ class InboundLinks:
         peer = secrets.peer
         config = self._config
         sealer = FrameSealer(secrets.suite, secrets.send_key, config.settings.link_bytes_max)
-        opener = FrameOpener(secrets.suite, secrets.receive_key, config.settings.link_bytes_max)
+        # the sender's limit is its own: refuse only past what no node may configure
+        opener = FrameOpener(secrets.suite, secrets.receive_key, LINK_BYTES_CEILING)
         reader.frame_bytes_max = config.settings.frame_bytes_max
         acked_seq = state.delivered_seq
         await send_buffers(stream.socket, (sealer.ack_frame(acked_seq),))
@@ -223,7 +236,9 @@ class InboundLinks:
             # Opening decrypts out of the reused read buffer: the one copy of a message.
             kind, seq, payload = opener.open(await reader.receive_frame())
             if kind != KIND_DATA:
-                raise FrameRejected(FaultKind.FRAME_MALFORMED, "an ACK frame on a data link")
+                raise FrameRejected(
+                    FaultKind.FRAME_MALFORMED, "an ACK frame on a data link", authentic=True
+                )
             if seq == state.delivered_seq + 1:
                 await self._queue.put(peer, payload)
                 state.delivered_seq = seq
@@ -232,6 +247,7 @@ class InboundLinks:
                 raise FrameRejected(
                     FaultKind.PROTOCOL_VIOLATION,
                     f"seq {seq} follows {state.delivered_seq}: messages were skipped",
+                    authentic=True,
                 )
             # else: a resend of a message already delivered; drop it
             unacked = state.delivered_seq - acked_seq

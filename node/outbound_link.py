@@ -28,6 +28,7 @@ from node import handshake
 from node.frame_auth import (
     HEADER,
     KIND_ACK,
+    LINK_BYTES_CEILING,
     TAG_BYTES,
     FrameOpener,
     FrameRejected,
@@ -159,7 +160,8 @@ class OutboundLink:
                 self._context.peers.observe(self.peer, secrets.peer_incarnation, dialed=True)
                 reader.frame_bytes_max = _ACK_FRAME_BYTES
                 bytes_max = self._config.settings.link_bytes_max
-                opener = FrameOpener(secrets.suite, secrets.receive_key, bytes_max)
+                # the sender's limit is its own: refuse only past what no node may set
+                opener = FrameOpener(secrets.suite, secrets.receive_key, LINK_BYTES_CEILING)
                 # The acceptor's first ACK says how far it got: resend only the rest.
                 self._apply_ack(await self._receive_ack(reader, opener))
                 session = reader, FrameSealer(secrets.suite, secrets.send_key, bytes_max), opener
@@ -172,9 +174,14 @@ class OutboundLink:
         except handshake.HandshakeError as error:
             self._faults.record(error.kind, UNKNOWN_PEER, error.detail, where)
         except (FramingError, FrameRejected, AckOutOfRange) as error:
-            accused = self.peer if authenticated else UNKNOWN_PEER
+            # Charged to the peer only for what opened under its key (an ACK out of range,
+            # a frame of the wrong kind); a frame that fails to open may be anyone's.
+            opened = isinstance(error, AckOutOfRange) or (
+                isinstance(error, FrameRejected) and error.authentic
+            )
+            accused = self.peer if authenticated and opened else UNKNOWN_PEER
             kind = FaultKind.PROTOCOL_VIOLATION if isinstance(error, AckOutOfRange) else error.kind
-            self._faults.record(kind, accused, str(error), where)
+            self._faults.record(kind, accused, str(error), f"{where} (peer {self.peer})")
         except CONNECTION_ERRORS as error:
             self._note_refusal(_describe(error))
             return authenticated
@@ -270,7 +277,7 @@ class OutboundLink:
     async def _receive_ack(self, reader: FrameReader, opener: FrameOpener) -> int:
         kind, seq, payload = opener.open(await reader.receive_frame())
         if kind != KIND_ACK or len(payload):
-            raise FrameRejected(FaultKind.FRAME_MALFORMED, "expected an ACK frame")
+            raise FrameRejected(FaultKind.FRAME_MALFORMED, "expected an ACK frame", authentic=True)
         return seq
 
     def _apply_ack(self, seq: int) -> None:

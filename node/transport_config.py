@@ -22,10 +22,13 @@ from typing import Final
 
 import nacl.signing
 
-from node.frame_auth import DATA_BODY_OVERHEAD_BYTES, SUITE_NAMES
+from node.frame_auth import DATA_BODY_OVERHEAD_BYTES, LINK_BYTES_CEILING, SUITE_NAMES
 from node.handshake import INCARNATION_BYTES
 from node.roster import Roster
 from protocol.settings import SettingsError, field_problems, setting
+
+#: the largest frame a node may accept (the AEADs take at most 2^31 - 1 bytes at once)
+FRAME_BYTES_CEILING: Final = 2**30
 
 MIB: Final = 1024 * 1024
 
@@ -63,6 +66,7 @@ class TransportSettings:
         64 * MIB + 64 * 1024,
         "largest frame accepted from an authenticated peer (a message plus 25 bytes)",
         minimum=DATA_BODY_OVERHEAD_BYTES + 1,
+        maximum=FRAME_BYTES_CEILING,
         unit="bytes",
     )
     backoff_s_min: float = setting(0.05, "first reconnect delay", above=0.0, unit="s")
@@ -107,6 +111,7 @@ class TransportSettings:
         2**36,
         "bytes a link encrypts under one key before it reconnects with fresh keys",
         minimum=1,
+        maximum=LINK_BYTES_CEILING,
         unit="bytes",
     )
     send_delay: object = setting(

@@ -78,13 +78,15 @@ async def test_oversize_length_prefix_before_and_after_authentication() -> None:
         with trio.fail_after(10):
             await attack_raw(cluster, b"\xff\xff\xff\xff" + bytes(100))
             assert faults(cluster) == {"frame_oversize": {UNKNOWN: 1}}
-            # A roster member may send more, but never more than frame_bytes_max.
+            # A roster member may send more, but never more than frame_bytes_max. The length
+            # prefix is not authenticated (anyone on the path could have written it), so
+            # this one is charged to nobody either.
             link = await dial_as(target_port(cluster), cluster.roster, node_key(2), 0)
             async with link.stream:
                 limit = cluster.configs[0].settings.frame_bytes_max
                 await link.send_raw(LENGTH.pack(limit + 1) + bytes(64))
                 await wait_closed_by_peer(link.stream)
-            assert faults(cluster) == {"frame_oversize": {UNKNOWN: 1, 2: 1}}
+            assert faults(cluster) == {"frame_oversize": {UNKNOWN: 2}}
             await exchange(cluster, 0, 1)
 
 
@@ -184,7 +186,9 @@ async def test_frames_replayed_from_another_session_or_connection() -> None:
             async with link.stream:
                 await link.send_raw(data_frames)
                 await wait_closed_by_peer(link.stream)
-            assert faults(b) == {"wrong_session": {UNKNOWN: 1}, "bad_mac": {2: 1}}
+            # frames that do not open are nobody's provable doing (anyone on the path could
+            # have sent them): charged to nobody, whichever peer the link authenticated
+            assert faults(b) == {"wrong_session": {UNKNOWN: 1}, "bad_mac": {UNKNOWN: 1}}
             assert b[0].statistics().messages_received == 0
             await exchange(b, 0, 1)
 
@@ -204,7 +208,8 @@ async def test_a_tampered_frame_is_refused_and_the_message_resent() -> None:
                 assert await cluster[0].receive() == (1, b"an honest message")
                 cluster[1].send_nowait(0, b"and the next one")
                 assert await cluster[0].receive() == (1, b"and the next one")
-            assert faults(cluster) == {"bad_mac": {1: 1}}
+            # the honest sender is not charged for what the path did to its frame
+            assert faults(cluster) == {"bad_mac": {UNKNOWN: 1}}
             assert relay.connections >= 2
         nursery.cancel_scope.cancel()
 
