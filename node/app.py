@@ -155,13 +155,7 @@ class NodeApp:
         prepared = self._prepared
         prepared.journal.open()
         if prepared.checkpoint_step is None:  # written here, before anything is sent
-            checkpoint = self._checkpoint(prepared.start_step)
-            try:
-                prepared.checkpoints.save(checkpoint)
-            except OSError as error:
-                self._checkpoint_failed(checkpoint, error)
-            else:
-                self._checkpoint_written(checkpoint)
+            self._save_checkpoint_now(prepared.start_step)
 
     async def _listen(self) -> list[trio.SocketListener] | None:
         """Bind first, so a busy port is one clear line rather than a traceback."""
@@ -220,7 +214,7 @@ class NodeApp:
             with self._run_scope:
                 await self._wait_for_peers(transport)
                 await runner.run(self._receive, run.tick_interval_s, node.linger_s)
-                await self._checkpoints.flush()  # the last step's, before the summary
+                await self._checkpoints.flush()  # any periodic one still waiting
                 log.info(
                     "finished %d steps in %.1f s; last test accuracy %s",
                     runner.step,
@@ -394,7 +388,12 @@ class NodeApp:
 
     def _on_step_end(self, next_step: int) -> None:
         node = self._config.node
-        if next_step % node.checkpoint_every == 0 or next_step >= self._config.run.steps:
+        if next_step >= self._config.run.steps:
+            # The last one on the spot: the runner announces that this node has finished
+            # right after this, and a node killed before its last checkpoint is on disk
+            # would restart at its last step, while its peers, told it had finished, leave.
+            self._save_checkpoint_now(next_step)
+        elif next_step % node.checkpoint_every == 0:
             self._checkpoints.submit(self._checkpoint(next_step))  # written off the loop
         strategy = self._prepared.strategy
         if strategy is not None and strategy.crashed(next_step):
@@ -412,6 +411,18 @@ class NodeApp:
             resume_digest=self._config.resume_digest(),
             trainer_state=prepared.trainer.state_dict(),
         )
+
+    def _save_checkpoint_now(self, next_step: int) -> None:
+        """Write the checkpoint before ``next_step`` on the event loop (waiting for a
+        periodic write under way; an older one still waiting is then skipped)."""
+        checkpoint = self._checkpoint(next_step)
+        try:
+            written = self._prepared.checkpoints.save(checkpoint)
+        except OSError as error:
+            self._checkpoint_failed(checkpoint, error)
+        else:
+            if written:
+                self._checkpoint_written(checkpoint)
 
     def _checkpoint_written(self, checkpoint: Checkpoint) -> None:
         path = self._prepared.checkpoints.path

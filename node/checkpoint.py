@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import pickle
 import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -58,9 +59,23 @@ class CheckpointStore:
         self._saves = 0
         self._last_step: int | None = None
         self._last_size_bytes = 0
+        #: one save at a time (the node saves from its checkpoint writer's worker thread,
+        #: and its last checkpoint from the event loop)
+        self._lock = threading.Lock()
 
-    def save(self, checkpoint: Checkpoint) -> None:
-        """Write ``checkpoint`` atomically (temp file + fsync + rename + fsync of the folder)."""
+    def save(self, checkpoint: Checkpoint) -> bool:
+        """Write ``checkpoint`` atomically (temp file + fsync + rename + fsync of the
+        folder); whether it was written.
+
+        Thread-safe; a checkpoint older than the one this store last wrote is skipped
+        (False), so a slow write of an earlier step can never replace a later one."""
+        with self._lock:
+            if self._last_step is not None and checkpoint.step < self._last_step:
+                return False
+            self._save(checkpoint)
+            return True
+
+    def _save(self, checkpoint: Checkpoint) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
         record = {
             "format": CHECKPOINT_FORMAT,

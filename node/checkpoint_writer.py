@@ -3,9 +3,11 @@
 Writing a checkpoint (``torch.save``, two fsyncs) takes milliseconds for the digits MLP and
 seconds for a large model; on the trio thread it would hold every echo, ack and fetch the
 node owes its peers for that long (the same reason gradients run in a worker thread,
-DESIGN 3). The node hands :class:`CheckpointWriter` a finished :class:`Checkpoint` (its
-trainer state is already a snapshot of copies, so the learning may go on while it is
-written) and a worker thread writes it.
+DESIGN 3). The node hands :class:`CheckpointWriter` its periodic checkpoints, each a
+finished :class:`Checkpoint` (its trainer state is already a snapshot of copies, so the
+learning may go on while it is written), and a worker thread writes them. The last one of
+a run is written on the spot instead (node/app.py): it must be on disk before the node
+tells its peers it has finished; the store never lets an older checkpoint replace it.
 
 At most one write runs at a time. A checkpoint submitted while another is being written
 waits; a newer one replaces it (latest wins, counted in ``replaced``): a checkpoint is only
@@ -30,12 +32,13 @@ from node.checkpoint import Checkpoint
 class CheckpointWriter:
     def __init__(
         self,
-        save: Callable[[Checkpoint], None],
+        save: Callable[[Checkpoint], bool],
         on_written: Callable[[Checkpoint], None],
         on_failed: Callable[[Checkpoint, OSError], None],
     ) -> None:
-        """``save`` runs in a worker thread; ``on_written`` and ``on_failed`` (an
-        ``OSError`` from ``save``: a full disk must not stop the learning) on the trio
+        """``save`` runs in a worker thread and says whether it wrote (a store skips a
+        checkpoint older than the one it holds); ``on_written`` and ``on_failed`` (an
+        ``OSError`` from ``save``: a full disk must not stop the learning) run on the trio
         thread."""
         self._save = save
         self._on_written = on_written
@@ -61,11 +64,12 @@ class CheckpointWriter:
             checkpoint, self._pending = self._pending, None
             self._writing = True
             try:
-                await trio.to_thread.run_sync(self._save, checkpoint)
+                written = await trio.to_thread.run_sync(self._save, checkpoint)
             except OSError as error:
                 self._on_failed(checkpoint, error)
             else:
-                self._on_written(checkpoint)
+                if written:
+                    self._on_written(checkpoint)
             finally:
                 self._writing = False
                 self._idle.unpark_all()

@@ -112,8 +112,8 @@ def ray_cells(
             "py_modules": [str(_package_dir(name)) for name in _PACKAGES],
             "excludes": ["__pycache__"],
         }
-        if address:
-            _check_reachable(address)
+        if address or os.environ.get("RAY_ADDRESS"):
+            _check_reachable(address or os.environ["RAY_ADDRESS"])
         try:
             ray.init(**options)
         except Exception as error:  # unreachable address, ray:// without ray[client], ...
@@ -189,7 +189,8 @@ def _write_outputs(cell_dir: Path, files: dict[str, bytes]) -> None:
     for name in files:
         relative = Path(name)
         target = (cell_dir / relative).resolve()
-        if relative.is_absolute() or ".." in relative.parts or not target.is_relative_to(root):
+        outside = not target.is_relative_to(root) or target == root
+        if relative.is_absolute() or ".." in relative.parts or outside:
             raise ValueError(f"a Ray task returned an output outside its cell's folder: {name!r}")
         targets.append(target)
     for target, data in zip(targets, files.values(), strict=True):

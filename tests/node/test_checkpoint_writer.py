@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
 
+import torch
 import trio
 
-from node.checkpoint import Checkpoint
+from node.checkpoint import Checkpoint, CheckpointStore
 from node.checkpoint_writer import CheckpointWriter
 
 SLOW_SAVE_S = 1.0
@@ -30,12 +32,13 @@ class Disk:
         self.written: list[int] = []
         self.failed: list[tuple[int, str]] = []
 
-    def save(self, item: Checkpoint) -> None:
+    def save(self, item: Checkpoint) -> bool:
         self.threads.add(threading.get_ident())
         time.sleep(self.save_s)
         if item.step in self.fail_steps:
             raise OSError(28, "No space left on device")
         self.saved.append(item.step)
+        return True
 
     def writer(self) -> CheckpointWriter:
         return CheckpointWriter(
@@ -112,3 +115,16 @@ async def test_a_write_under_way_completes_when_the_node_is_cancelled() -> None:
             writer.submit(checkpoint(3))
             await trio.sleep_forever()
     assert disk.saved == [3] and disk.written == [3]
+
+
+def test_the_store_never_replaces_a_later_checkpoint_with_an_earlier_one(tmp_path: Path) -> None:
+    """The last checkpoint is written on the event loop while a periodic one may still be
+    under way in the writer's thread: whichever finishes last, the later step stays."""
+    store = CheckpointStore(tmp_path, 0)
+    later = Checkpoint(9, "00", "key", "digest", {"weights": torch.ones(3)})
+    earlier = Checkpoint(6, "00", "key", "digest", {"weights": torch.zeros(3)})
+    assert store.save(later) is True
+    assert store.save(earlier) is False  # finished last, but older: skipped
+    loaded = store.load()
+    assert loaded is not None and loaded.step == 9
+    assert store.statistics().saves == 1

@@ -125,7 +125,7 @@ def test_a_ray_address_nobody_answers_at_is_refused_in_one_line(
     ]
 
 
-@pytest.mark.parametrize("name", ["/etc/cron.d/x", "../escaped.txt", "plots/../../x"])
+@pytest.mark.parametrize("name", ["/etc/cron.d/x", "../escaped.txt", "plots/../../x", ".", ""])
 def test_outputs_a_task_returns_cannot_land_outside_their_cell(tmp_path: Path, name: str) -> None:
     from sim.sweep_ray import _write_outputs
 
