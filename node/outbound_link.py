@@ -9,9 +9,9 @@ first ACK how far it already got, then write the outbox while reading ACKs, unti
 connection breaks (one task seals frames, encrypting large ones in a worker thread, while
 another writes the previous frame, so encryption and write overlap); then back off
 (exponential, with seeded jitter) and do it again. A connection whose key reaches its
-usage limit (node/frame_auth.py) is closed and redialed after the shortest backoff: fresh keys. The outbox
-(node/outbox.py) keeps every message until acknowledged, so a reconnect resends exactly
-what the peer lacks.
+usage limit (node/frame_auth.py) is closed and redialed after the shortest backoff:
+fresh keys. The outbox (node/outbox.py) keeps every message until acknowledged, so a
+reconnect resends exactly what the peer lacks.
 """
 
 from __future__ import annotations
