@@ -60,8 +60,16 @@ class AgreementMeasure:
 
 
 def _diameter_with(vectors: Sequence[np.ndarray], new: np.ndarray, diameter: float) -> float:
-    new64 = new.astype(np.float64)
+    """``diameter`` widened by the distances from ``new`` to ``vectors``. The very same
+    array is at distance 0 and skipped: honest cores that aggregate the same vectors share
+    one result (protocol.agreement.VectorMemo), so after exact agreement most pairs are
+    one object, and the float64 norms (d values each, n^2/2 per round) are the cost."""
+    new64: np.ndarray | None = None
     for other in vectors:
+        if other is new:
+            continue
+        if new64 is None:
+            new64 = new.astype(np.float64)
         diameter = max(diameter, float(np.linalg.norm(new64 - other)))
     return diameter
 

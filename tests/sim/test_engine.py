@@ -199,6 +199,18 @@ def test_round_book_measures_diameters_and_averaging_error() -> None:
     assert book.honest_vectors(5, 0, 0) == {}
 
 
+def test_round_book_diameters_with_shared_vectors() -> None:
+    """Cores that aggregated the same vectors share one array: it is at distance 0 from
+    itself, and the others are still measured against it."""
+    book = RoundBook(honest=[0, 1, 2, 3])
+    shared = np.array([1.0, 1.0], dtype=np.float32)
+    vectors = {0: shared, 1: shared, 2: np.array([4.0, 5.0], dtype=np.float32), 3: shared}
+    for node, vector in vectors.items():
+        book.round_started(node, 5, 0, 1, vector, now_s=0.0)
+    (measure,) = book.finished_rounds
+    assert (measure.diameter, measure.nodes) == (5.0, 4)
+
+
 def test_divergence_guard_zeroes_non_finite_vectors_and_remembers_when() -> None:
     class Exploding:
         dim = 2
