@@ -96,7 +96,7 @@ def main() -> None:
     )
     rows = []
     # broadcast first: after a full-fidelity run (5.9 M messages) the same process runs
-    # the broadcast fidelity 30-40% slower (its heap and garbage collector remember it)
+    # the broadcast fidelity 20-40% slower in our runs (its heap and collector remember it)
     for fidelity in ("broadcast",) if args.skip_full else ("broadcast", "full"):
         started = time.perf_counter()
         run = run_scenario(scenario(args.steps, fidelity), None, progress=False)
