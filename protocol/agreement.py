@@ -367,17 +367,10 @@ class AveragingAgreement:
 
     def _enter_round(self, round_: int, vector: np.ndarray) -> Step:
         self.current_round = round_
-        me = self._params.broadcast.me
-        if self._params.modelled:
-            if self._params.vector_filter is not None:
-                vector = self._params.vector_filter(self.step, self.phase, round_, vector)
-            step = self._broadcast_own(
-                InstanceId(me, self._tag(round_, Kind.VECTOR)), encode_array(vector)
-            )
-            step.outputs.insert(0, RoundStarted(self.step, self.phase, round_, vector))
-            return step
-        instance = self._instance(InstanceId(me, self._tag(round_, Kind.VECTOR)))
-        if instance.payload is not None:
+        iid = InstanceId(self._params.broadcast.me, self._tag(round_, Kind.VECTOR))
+        # a modelled broadcast has no instance here, and nothing survives a restart
+        instance = None if self._params.modelled else self._instance(iid)
+        if instance is not None and instance.payload is not None:
             # We signed this round's vector before a restart: that one, not a new one.
             restored, why = self._validate_vector(instance.payload)
             if restored is None:
@@ -387,7 +380,7 @@ class AveragingAgreement:
         else:
             if self._params.vector_filter is not None:
                 vector = self._params.vector_filter(self.step, self.phase, round_, vector)
-            step = instance.send(encode_array(vector))
+            step = self._broadcast_own(iid, encode_array(vector))
         step.outputs.insert(0, RoundStarted(self.step, self.phase, round_, vector))
         return step
 
