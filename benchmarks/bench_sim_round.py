@@ -47,7 +47,7 @@ from protocol.step import EVERYONE, Broadcast, Decided, Step
 from sim.adapters import BroadcastClassifier
 from sim.broadcast_model import BroadcastModel
 from sim.engine import CLOCK_LAG_MAX_S, roster_keys, signing_seed
-from sim.network import MIN_DELAY_S, VirtualNetwork
+from sim.network import VirtualNetwork
 from sim.schedulers import DefaultScheduler
 
 SIZES = (16, 31, 64, 128, 256)
@@ -148,10 +148,7 @@ def run_broadcast_fidelity(n: int, rounds: int, seed: int) -> tuple[float, int]:
     def execute_modelled(step: Step) -> None:
         for output in step.outputs:
             if isinstance(output, Broadcast):
-                now_s = network.now_s
-                planned = model.deliveries(output.iid, len(output.payload), now_s)
-                at_s = np.maximum(planned.deliver_at_s, now_s + MIN_DELAY_S)
-                network.schedule_broadcast(output.iid, output.payload, at_s, planned.bytes_sent)
+                model.schedule(network, output.iid, output.payload)
             elif isinstance(output, Decided):
                 decided[0] += 1
 

@@ -35,6 +35,7 @@ from protocol.broadcast import BroadcastParams
 from protocol.codec import encode
 from protocol.messages import Echo, InstanceId, Ready, Tag
 from sim.delays import DelayDraws
+from sim.network import MIN_DELAY_S, VirtualNetwork
 from sim.schedulers import Scheduler
 
 #: an ECHO with the origin's signature in it (as with signatures on) and a READY
@@ -144,6 +145,14 @@ class BroadcastModel:
                 self._hop(voting, ready_at[ids], "ready", key, _READY_BYTES)
             deliver_at = self._ranked(voting, ready_at[ids])[:, self._deliver_quorum - 1]
         return ModelledDelivery(np.maximum(deliver_at, send_arrival), bytes_sent)
+
+    def schedule(self, network: VirtualNetwork, iid: InstanceId, payload: bytes) -> None:
+        """Model the broadcast of ``payload`` for ``iid`` sent now, and put its deliveries
+        (each at least the network's smallest delay away) on ``network``."""
+        now_s = network.now_s
+        planned = self.deliveries(iid, len(payload), now_s)
+        at_s = np.maximum(planned.deliver_at_s, now_s + MIN_DELAY_S)
+        network.schedule_broadcast(iid, payload, at_s, planned.bytes_sent)
 
     def _hop(
         self, voting: _Voters, sent_s: np.ndarray, kind: str, tag: tuple[int, ...], size: int

@@ -41,7 +41,7 @@ from protocol.step import Broadcast, Decided, Fault, Output, RoundStarted
 from sim.adapters import BroadcastClassifier, DivergenceGuard
 from sim.broadcast_model import BroadcastModel
 from sim.metrics import MetricsLog, RoundBook
-from sim.network import MIN_DELAY_S, StopReason, VirtualNetwork
+from sim.network import StopReason, VirtualNetwork
 from sim.progress import Progress, ProgressSnapshot
 from sim.scenario import FIDELITY_BROADCAST, Scenario, ScenarioError
 from sim.schedulers import load_scheduler
@@ -241,12 +241,7 @@ class Simulation:
     def _on_output(self, node: int, output: Output) -> None:
         if isinstance(output, Broadcast):
             if self.modelled is not None and self._takes_part(node):
-                now_s = self.network.now_s
-                planned = self.modelled.deliveries(output.iid, len(output.payload), now_s)
-                at_s = np.maximum(planned.deliver_at_s, now_s + MIN_DELAY_S)
-                self.network.schedule_broadcast(
-                    output.iid, output.payload, at_s, planned.bytes_sent
-                )
+                self.modelled.schedule(self.network, output.iid, output.payload)
         elif isinstance(output, RoundStarted):
             if node in self._honest_set:
                 self._rounds_done += 1
