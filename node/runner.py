@@ -259,6 +259,12 @@ class Runner:
         if target is not None:
             self._jump(target)
 
+    def resume(self) -> None:
+        """Ask the vector filter again for the rounds it holds back (the simulator wakes a
+        rushing adversary so when the honest vectors it waits for may be known)."""
+        if not self.stopped:
+            self._execute(self.core.resume())
+
     def tick(self, now_s: float | None = None) -> None:
         """Periodic: payload-fetch retries."""
         if not self.stopped:

@@ -38,7 +38,10 @@ from protocol.step import Broadcast, Decided, Delivered, FaultKind, Output, Roun
 #: (step, phase, round, vector) -> the vector actually broadcast. None for honest nodes;
 #: the simulator's learning-level Byzantine strategies plug in here, so that a lying
 #: node's own core stays consistent with what it sends (no accidental equivocation).
-VectorFilter = Callable[[int, int, int, np.ndarray], np.ndarray]
+#: A filter may return None: "not yet" (a rushing adversary holding its vector until it
+#: has seen the honest ones); the round's broadcast then waits for :meth:`NodeCore.resume`,
+#: which asks the filter again, and the round cannot complete before it is sent.
+VectorFilter = Callable[[int, int, int, np.ndarray], np.ndarray | None]
 
 #: the broadcast instance's handler for each message type (a dict beats a match here)
 _HANDLERS: dict[type[Message], Callable[[BroadcastInstance, int, Any], Step]] = {
@@ -222,6 +225,8 @@ class AveragingAgreement:
         #: the round this node is in; None before :meth:`start`, ``rounds`` once decided
         self.current_round: int | None = None
         self.decision: np.ndarray | None = None
+        #: the vector of the current round while the vector filter holds it back
+        self._held_back: np.ndarray | None = None
 
     @property
     def started(self) -> bool:
@@ -231,6 +236,12 @@ class AveragingAgreement:
     def decided(self) -> bool:
         return self.decision is not None
 
+    @property
+    def holding_back(self) -> bool:
+        """Whether the vector filter holds back this round's broadcast (see
+        :data:`VectorFilter`); :meth:`resume` asks it again."""
+        return self._held_back is not None
+
     # ------------------------------------------------------------------ inputs
 
     def start(self, vector: np.ndarray) -> Step:
@@ -239,6 +250,16 @@ class AveragingAgreement:
             raise RuntimeError(f"agreement ({self.step}, {self.phase}) already started")
         self._check_own_vector(vector)
         return self._consume_deliveries(self._enter_round(0, vector))
+
+    def resume(self) -> Step:
+        """Ask the vector filter again for the round it held back; broadcast what it gives
+        (the round may then complete at once on what was delivered meanwhile)."""
+        held = self._held_back
+        round_ = self.current_round
+        if held is None or round_ is None:
+            return Step()
+        self._held_back = None
+        return self._consume_deliveries(self._enter_round(round_, held))
 
     def handle(self, sender: int, msg: Message) -> Step:
         """A broadcast message whose tag belongs to this agreement (the core checked it)."""
@@ -379,7 +400,11 @@ class AveragingAgreement:
             step = instance.send(b"")
         else:
             if self._params.vector_filter is not None:
-                vector = self._params.vector_filter(self.step, self.phase, round_, vector)
+                filtered = self._params.vector_filter(self.step, self.phase, round_, vector)
+                if filtered is None:  # held back until resume()
+                    self._held_back = vector
+                    return Step()
+                vector = filtered
             step = self._broadcast_own(iid, encode_array(vector))
         step.outputs.insert(0, RoundStarted(self.step, self.phase, round_, vector))
         return step
@@ -468,7 +493,7 @@ class AveragingAgreement:
     def _complete_round(self) -> Step | None:
         """Aggregate and move on (or decide) once the current round can complete."""
         round_ = self.current_round
-        if round_ is None or round_ >= self.rounds:
+        if round_ is None or round_ >= self.rounds or self._held_back is not None:
             return None
         vectors = self._vectors_to_aggregate(self._rounds[round_])
         if vectors is None:

@@ -249,6 +249,22 @@ class NodeCore:
             if key[0] < oldest_kept:
                 self._agreements.pop(key).retire()
 
+    def resume(self) -> Step:
+        """Ask the vector filter again for every round whose broadcast it holds back (see
+        :data:`~protocol.agreement.VectorFilter`): the host of a rushing adversary calls
+        this when the honest vectors it waits for may have become known."""
+        step = Step()
+        for key in sorted(self._agreements):
+            agreement = self._agreements[key]
+            if agreement.holding_back:
+                step.extend(agreement.resume())
+        return self._account(step)
+
+    @property
+    def holding_back(self) -> bool:
+        """Whether some round's broadcast is held back by the vector filter."""
+        return any(agreement.holding_back for agreement in self._agreements.values())
+
     def tick(self) -> Step:
         """Retry what needs retrying (payload fetches). Call it every so often."""
         self._ticks += 1

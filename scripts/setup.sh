@@ -14,3 +14,7 @@ fi
 # dev: the test and lint tools; ray: sweeps on Ray, which the tests check on a local instance.
 # -qq: errors only (setuptools warns about every editable install)
 .venv/bin/python -m pip install -qq -c constraints.txt -e ".[dev,ray]"
+# ByzFL, the field's reference library: the tests cross-check jungle's attacks and aggregators
+# against it. --no-deps: its declared torchvision has no CPU build here, and the submodules
+# the tests load (tests/byzfl_reference.py) need only numpy, torch and scipy.
+.venv/bin/python -m pip install -qq --no-deps -c constraints.txt "byzfl==0.0.11"

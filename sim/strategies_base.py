@@ -43,6 +43,16 @@ from protocol.messages import Catchup, Finished, Message, Phase
 #: by node id (the omniscient adversary's view; empty when none is known yet).
 HonestVectors = Callable[[int, int, int], Mapping[int, np.ndarray]]
 
+#: step -> the honest nodes' gradients of that step computed on their own batch with every
+#: label flipped (what ByzFL's label flipping averages), by node id; empty when unknown.
+FlippedGradients = Callable[[int], Mapping[int, np.ndarray]]
+
+#: How long an omniscient (rushing) attacker holds its vector of a round (``wait_for``):
+#: until every honest node's vector of the round is known ("all"), until n-2f are (the
+#: honest part of any quorum, "quorum"), or not at all ("none": it sends as soon as its own
+#: node enters the round, seeing only the honest vectors already there).
+WAIT_CHOICES = ("all", "quorum", "none")
+
 #: SeedSequence spawn-key component that separates strategy randomness from every other
 #: stream derived from the scenario seed (DESIGN 6: keyed by purpose and ids).
 STRATEGY_STREAM_KEY = zlib.crc32(b"jungle/strategy")
@@ -50,6 +60,11 @@ STRATEGY_STREAM_KEY = zlib.crc32(b"jungle/strategy")
 
 def no_honest_vectors(step: int, phase: int, round_: int) -> Mapping[int, np.ndarray]:
     """The view of a host that offers no omniscience."""
+    return {}
+
+
+def no_flipped_gradients(step: int) -> Mapping[int, np.ndarray]:
+    """The view of a host that computes no label-flipped honest gradients."""
     return {}
 
 
@@ -80,6 +95,20 @@ class StrategyContext:
     #: the Byzantine coalition, when the host reveals it (omniscient strategies)
     byzantine: frozenset[int] = frozenset()
     num_classes: int | None = None
+    #: whether the host can hold this node's vector of a round until the honest vectors
+    #: are known (a rushing adversary: the simulator can, a real node cannot) and wakes
+    #: the node when more become known; without it an attack never waits
+    can_wait: bool = False
+    #: the honest nodes (those outside ``byzantine`` by default)
+    honest: frozenset[int] | None = None
+    #: the aggregation rule the honest nodes use, and its pre-aggregators, by name:
+    #: attacks that search for the most damaging vector (optimal ALIE, IPM) aim at it
+    aggregator: str = "trimmed_mean"
+    pre_aggregators: tuple[str, ...] = ()
+    flipped_gradients: FlippedGradients = no_flipped_gradients
+    #: (step, phase, round) -> how many honest nodes have entered the round or still can
+    #: (a waiting host knows; None: every honest node)
+    honest_expected: Callable[[int, int, int], int] | None = None
 
     @classmethod
     def from_config(
@@ -92,6 +121,9 @@ class StrategyContext:
         honest_vectors: HonestVectors = no_honest_vectors,
         byzantine: Iterable[int] = (),
         num_classes: int | None = None,
+        can_wait: bool = False,
+        flipped_gradients: FlippedGradients = no_flipped_gradients,
+        honest_expected: Callable[[int, int, int], int] | None = None,
     ) -> StrategyContext:
         return cls(
             me=config.me,
@@ -106,7 +138,31 @@ class StrategyContext:
             honest_vectors=honest_vectors,
             byzantine=frozenset(byzantine),
             num_classes=num_classes,
+            can_wait=can_wait,
+            aggregator=config.aggregator,
+            pre_aggregators=tuple(getattr(config, "pre_aggregators", ())),
+            flipped_gradients=flipped_gradients,
+            honest_expected=honest_expected,
         )
+
+    @property
+    def honest_nodes(self) -> frozenset[int]:
+        """The honest nodes: ``honest`` if the host said, else all outside ``byzantine``."""
+        if self.honest is not None:
+            return self.honest
+        return frozenset(range(self.n)) - self.byzantine - {self.me}
+
+    def honest_needed(self, wait_for: str, step: int, phase: int, round_: int) -> int:
+        """How many honest vectors of a round an attacker waiting ``wait_for`` holds out
+        for: those of every honest node that has entered or can still enter the round
+        (``honest_expected``), n-2f of them (at least one), or none."""
+        if wait_for == "none":
+            return 0
+        if self.honest_expected is None:
+            expected = len(self.honest_nodes)
+        else:
+            expected = self.honest_expected(step, phase, round_)
+        return expected if wait_for == "all" else min(expected, max(1, self.n - 2 * self.f))
 
     @property
     def others(self) -> list[int]:
@@ -168,8 +224,10 @@ class Strategy:
         """Attach to one node; called once by the host before the node starts."""
         self._ctx = ctx
 
-    def vector(self, step: int, phase: int, round_: int, vector: np.ndarray) -> np.ndarray:
-        """The vector to broadcast in this round instead of the honest ``vector``."""
+    def vector(self, step: int, phase: int, round_: int, vector: np.ndarray) -> np.ndarray | None:
+        """The vector to broadcast in this round instead of the honest ``vector``; None
+        holds it back ("not yet": the host asks again when more honest vectors are known,
+        see :attr:`VectorAttack.wait_for`; only when ``ctx.can_wait``)."""
         return vector
 
     def outgoing(self, dst: int, message: Message, data: bytes) -> Iterable[bytes]:
@@ -208,10 +266,23 @@ class VectorAttack(Strategy):
 
     ``phases``: "gradient" (default), "model" or "both"; ``rounds``: "all" (default) or
     "first" (round 0 of each agreement only). Subclasses implement :meth:`attack`.
+
+    ``wait_for`` (attacks that read the honest vectors, :attr:`reads_honest`): the rushing
+    adversary of the asynchronous model. "all" (default) holds the node's vector of a round
+    until every honest node's vector of it is known, "quorum" until n-2f are, "none" sends
+    at once with whatever is known. Honest nodes never need a Byzantine vector (n-f of them
+    are honest), so holding back delays no honest node beyond what asynchrony allows, and
+    the host counts only honest nodes that can still enter the round (one that jumped past
+    it never will): a hold always ends. Only a host with ``ctx.can_wait`` (the simulator)
+    holds; elsewhere the attack sends at once.
     """
+
+    #: whether :meth:`attack` reads ``ctx.honest_vectors`` (and so may wait for them)
+    reads_honest: ClassVar[bool] = False
 
     phases: str = "gradient"
     rounds: str = "all"
+    wait_for: str = "all"
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -221,13 +292,27 @@ class VectorAttack(Strategy):
             )
         if self.rounds not in ROUND_CHOICES:
             raise self.fail("rounds", f"must be one of {list(ROUND_CHOICES)}, got {self.rounds!r}")
+        if self.wait_for not in WAIT_CHOICES:
+            raise self.fail(
+                "wait_for", f"must be one of {list(WAIT_CHOICES)}, got {self.wait_for!r}"
+            )
 
     def applies(self, phase: int, round_: int) -> bool:
         return phase in PHASE_CHOICES[self.phases] and (self.rounds == "all" or round_ == 0)
 
-    def vector(self, step: int, phase: int, round_: int, vector: np.ndarray) -> np.ndarray:
+    @property
+    def rushing(self) -> bool:
+        """Whether this attack holds its vector until the honest ones are known."""
+        return self.reads_honest and self.wait_for != "none"
+
+    def vector(self, step: int, phase: int, round_: int, vector: np.ndarray) -> np.ndarray | None:
         if not self.applies(phase, round_):
             return vector
+        ctx = self.ctx
+        if self.rushing and ctx.can_wait:
+            known = len(ctx.honest_vectors(step, phase, round_))
+            if known < ctx.honest_needed(self.wait_for, step, phase, round_):
+                return None
         return self.attack(step, phase, round_, vector)
 
     def attack(self, step: int, phase: int, round_: int, vector: np.ndarray) -> np.ndarray:
@@ -281,10 +366,14 @@ class Combined(Strategy):
         for part, rng in zip(self.parts, ctx.rng.spawn(len(self.parts)), strict=True):
             part.bind(replace(ctx, rng=rng))
 
-    def vector(self, step: int, phase: int, round_: int, vector: np.ndarray) -> np.ndarray:
+    def vector(self, step: int, phase: int, round_: int, vector: np.ndarray) -> np.ndarray | None:
+        result: np.ndarray | None = vector
         for part in self.parts:
-            vector = part.vector(step, phase, round_, vector)
-        return vector
+            result = part.vector(step, phase, round_, vector)
+            if result is None:  # a part holds it back: the whole chain waits
+                return None
+            vector = result
+        return result
 
     def outgoing(self, dst: int, message: Message, data: bytes) -> Iterable[bytes]:
         items: list[tuple[Message | None, bytes]] = [(message, data)]

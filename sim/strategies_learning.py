@@ -113,6 +113,7 @@ class ALIE(VectorAttack):
     """
 
     name = "alie"
+    reads_honest = True
     z: float | None = None
 
     def __post_init__(self) -> None:
@@ -138,6 +139,7 @@ class IPM(VectorAttack):
     """
 
     name = "ipm"
+    reads_honest = True
     epsilon: float = 0.1
     omniscient: bool = True
 
@@ -146,6 +148,10 @@ class IPM(VectorAttack):
         _check_number(self, "epsilon", self.epsilon, positive=True)
         if not isinstance(self.omniscient, bool):
             raise self.fail("omniscient", f"must be true or false, got {self.omniscient!r}")
+
+    @property
+    def rushing(self) -> bool:
+        return self.omniscient and super().rushing
 
     def attack(self, step: int, phase: int, round_: int, vector: np.ndarray) -> np.ndarray:
         rows = self.reference(step, phase, round_, vector, self.omniscient)
@@ -171,6 +177,7 @@ class Mimic(VectorAttack):
     vector is known it sends its own honest vector."""
 
     name = "mimic"
+    reads_honest = True
     target: int | None = None
 
     def __post_init__(self) -> None:
