@@ -93,9 +93,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--quiet", action="store_true", help="no progress display and no table")
     parser.add_argument(
         "--mode",
-        choices=("sim", "process"),
+        choices=("sim", "process", "server"),
         default="sim",
-        help="sim: one process, virtual time (default); process: one OS process per node",
+        help="sim: one process, virtual time (default); process: one OS process per node; "
+        "server: the centralized reference, one trusted server aggregating once per step "
+        '(the scenario\'s mode = "server")',
     )
     return parser
 
@@ -160,6 +162,8 @@ def _load(args: argparse.Namespace) -> Scenario:
         overrides["seed"] = args.seed
     if args.fidelity is not None:
         overrides["fidelity"] = args.fidelity
+    if args.mode == "server":
+        overrides["mode"] = "server"
     return scenario.with_values(overrides) if overrides else scenario
 
 
@@ -222,6 +226,8 @@ def _sweep(args: argparse.Namespace) -> int:
         overrides["protocol.crypto"] = False
     if args.fidelity is not None:
         overrides["fidelity"] = args.fidelity
+    if args.mode == "server":
+        overrides["mode"] = "server"
     if overrides:
         grid = replace(grid, base=grid.base.with_values(overrides))
     if args.seed is not None:

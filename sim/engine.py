@@ -30,7 +30,7 @@ import trio
 import trio.testing
 
 from node.partition import partition
-from node.runner import Runner, RunnerHooks, StepRecord
+from node.runner import Learner, Runner, RunnerHooks, StepRecord
 from node.tasks import derive_seed, load_task
 from node.trainer import Trainer
 from protocol.agreement import VectorMemo
@@ -43,7 +43,7 @@ from sim.broadcast_model import BroadcastModel
 from sim.metrics import MetricsLog, RoundBook
 from sim.network import StopReason, VirtualNetwork
 from sim.progress import Progress, ProgressSnapshot
-from sim.scenario import FIDELITY_BROADCAST, Scenario, ScenarioError
+from sim.scenario import FIDELITY_BROADCAST, MODE_SERVER, Scenario, ScenarioError
 from sim.schedulers import load_scheduler
 from sim.strategies import Strategy, StrategyContext, load_strategy, strategy_rng
 from sim.summary import RunOutcome, Summary, build_summary
@@ -129,6 +129,15 @@ class Simulation:
         self.public_keys = roster_keys(seed, n) if self.crypto else []
         self.session = session_id(scenario, seed, self.public_keys)
         self.book = RoundBook(self.honest)
+        #: label-flipped honest gradients by step, then node (ByzFL's label flipping), kept
+        #: only while a strategy asks for them
+        self._flipped: dict[int, dict[int, np.ndarray]] = {}
+        self._wants_flipped = any(
+            load_strategy(spec).uses_flipped_gradients for spec in self.byzantine.values()
+        )
+        #: Byzantine runners whose strategy may hold a round back (rushing), woken when an
+        #: honest node enters a round
+        self._rushing: list[Runner] = []
         self._progress = progress
         self._logged_rounds = 0
         self._logged_agreements = 0
@@ -173,8 +182,11 @@ class Simulation:
             label_map=label_map,
             seed=stream_seed(scenario.seed, PURPOSE_TRAINER),
         )
-        learner = DivergenceGuard(trainer)
-        self.learners.append(learner)
+        guard = DivergenceGuard(trainer)
+        self.learners.append(guard)
+        learner: Learner = guard
+        if spec is None and self._wants_flipped:
+            learner = _FlippedGradientRecorder(guard, trainer, node, self._flipped)
         scheme = self._scheme(node)
         core_config = scenario.protocol.config(
             n=scenario.n,
@@ -210,6 +222,8 @@ class Simulation:
             clock=lambda: self.network.now_s,
             hooks=hooks,
         )
+        if isinstance(learner, _FlippedGradientRecorder):
+            learner.step_of = lambda: runner.step
         if strategy is not None:
             strategy.bind(
                 StrategyContext.from_config(
@@ -220,9 +234,34 @@ class Simulation:
                     honest_vectors=self.book.honest_vectors,
                     byzantine=sorted(self.byzantine),
                     num_classes=self.task.num_classes,
+                    can_wait=True,
+                    flipped_gradients=self._flipped_gradients,
+                    honest_expected=self._honest_expected,
                 )
             )
+            if strategy.may_hold_back:
+                self._rushing.append(runner)
         return runner
+
+    def _flipped_gradients(self, step: int) -> dict[int, np.ndarray]:
+        return dict(sorted(self._flipped.get(step, {}).items()))
+
+    def _honest_expected(self, step: int, phase: int, round_: int) -> int:
+        """Honest nodes whose vector of (step, phase, round) is known or still may be: a
+        node past ``step`` that never entered the round (it jumped) never will, so a
+        rushing attacker waiting for it stops waiting."""
+        entered = self.book.honest_vectors(step, phase, round_)
+        return len(entered) + sum(
+            1
+            for node, runner in zip(self.honest, self._honest_runners, strict=True)
+            if node not in entered and not runner.stopped and runner.step <= step
+        )
+
+    def _wake_rushing(self) -> None:
+        """Honest vectors became known: rushing attackers holding a round ask again."""
+        for runner in self._rushing:
+            if runner.core.holding_back:
+                runner.resume()
 
     # ------------------------------------------------------------------ hooks
 
@@ -250,6 +289,8 @@ class Simulation:
                     node, output.step, output.phase, output.round, output.vector, now_s
                 )
                 self.log.node_round(node, output.step, output.phase, output.round, now_s)
+                if self._rushing:
+                    self._wake_rushing()
         elif isinstance(output, Decided):
             self.network.record_output(
                 node, digest(np.ascontiguousarray(output.vector).view(np.uint8).data)
@@ -267,7 +308,10 @@ class Simulation:
 
             def honest_step_end(next_step: int) -> None:
                 self._steps_done += 1
-                self.book.release_below(min(r.step for r in self._honest_runners))
+                lowest = min(r.step for r in self._honest_runners)
+                self.book.release_below(lowest)
+                for old in [s for s in self._flipped if s < lowest - 1]:
+                    del self._flipped[old]
                 self._drain_measures()
                 if self._progress is not None:
                     self._progress.poll(self.snapshot)
@@ -329,6 +373,15 @@ class Simulation:
 
     def _ticker(self, node: int) -> Callable[[float], None]:
         runner = self.runners[node]
+        if runner in self._rushing:
+
+            def rushing_tick(now_s: float) -> None:
+                # an honest node that jumped past a held round wakes nobody: look again
+                if runner.core.holding_back:
+                    runner.resume()
+                runner.tick(now_s)
+
+            return rushing_tick
         progress = self._progress
         if progress is None or node != min(self.honest, default=-1):
             return runner.tick
@@ -361,6 +414,51 @@ class Simulation:
         self._drain_measures()
         completed = result.reason is StopReason.UNTIL
         return RunOutcome(completed, result.reason.value, result.now_s)
+
+
+class _FlippedGradientRecorder:
+    """An honest learner that also records, at each step, its gradient on the same batch
+    with every label flipped: what ByzFL's label-flipping attackers average (they read it
+    through ``StrategyContext.flipped_gradients``). The honest computation is untouched."""
+
+    def __init__(
+        self,
+        learner: DivergenceGuard,
+        trainer: Trainer,
+        node: int,
+        book: dict[int, dict[int, np.ndarray]],
+    ) -> None:
+        self._learner = learner
+        self._trainer = trainer
+        self._node = node
+        self._book = book
+        self.step_of: Callable[[], int] = lambda: 0
+
+    def gradient(self) -> np.ndarray:
+        gradient = self._learner.gradient()
+        flipped = self._trainer.flipped_gradient()
+        self._book.setdefault(self.step_of(), {})[self._node] = flipped
+        return gradient
+
+    @property
+    def dim(self) -> int:
+        return self._learner.dim
+
+    @property
+    def train_loss(self) -> float:
+        return self._learner.train_loss
+
+    def apply_gradient(self, vec: np.ndarray) -> None:
+        self._learner.apply_gradient(vec)
+
+    def parameters(self) -> np.ndarray:
+        return self._learner.parameters()
+
+    def set_parameters(self, vec: np.ndarray) -> None:
+        self._learner.set_parameters(vec)
+
+    def evaluate(self) -> tuple[float, float]:
+        return self._learner.evaluate()
 
 
 @contextlib.contextmanager
@@ -401,6 +499,19 @@ def run_scenario(
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
     display = Progress(scenario.name) if progress is True else (progress or None)
+    if scenario.mode == MODE_SERVER:
+        from sim.server import run_server
+
+        with _node_log(out_dir):
+            try:
+                return run_server(scenario, out_dir, display)
+            except BaseException:
+                print(
+                    f"jungle sim: scenario {scenario.name!r} (mode server) failed with seed "
+                    f"{scenario.seed}; reproduce with --seed {scenario.seed}",
+                    file=sys.stderr,
+                )
+                raise
     started = time.perf_counter()
     with _node_log(out_dir):
         try:

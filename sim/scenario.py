@@ -60,6 +60,9 @@ __all__ = [
 FIDELITY_FULL: Final = "full"
 FIDELITY_BROADCAST: Final = "broadcast"
 FIDELITIES: Final = (FIDELITY_FULL, FIDELITY_BROADCAST)
+MODE_DECENTRALIZED: Final = "decentralized"
+MODE_SERVER: Final = "server"
+MODES: Final = (MODE_DECENTRALIZED, MODE_SERVER)
 #: Where the built-in scenario files live; ``jungle sim NAME`` looks here too.
 SCENARIOS_DIR: Final = Path(__file__).parent / "scenarios"
 
@@ -107,6 +110,13 @@ class Scenario:
         "full: every protocol message simulated; broadcast: reliable broadcast modelled "
         "(delivery times from per-hop delays), the agreement run for real: hundreds of nodes",
         choices=FIDELITIES,
+    )
+    mode: str = setting(
+        MODE_DECENTRALIZED,
+        "decentralized: every node runs averaging agreement over the network; server: the "
+        "centralized reference (same data, model, trainers and attacks; one trusted server "
+        "aggregates the gradients once per step, no network)",
+        choices=MODES,
     )
     run: RunSettings = field(default_factory=RunSettings)
     task: TaskSettings = field(default_factory=TaskSettings)

@@ -48,6 +48,9 @@ class ScenarioView(Protocol):
     @property
     def fidelity(self) -> str: ...
 
+    @property
+    def mode(self) -> str: ...
+
     def byzantine_strategies(self) -> dict[int, StrategySpec]: ...
 
     def honest_nodes(self) -> list[int]: ...
@@ -123,7 +126,13 @@ def check_plugins(scenario: ScenarioView) -> list[str]:
         except (ValueError, TypeError) as error:
             problems.append(f"[byzantine] {who}: {error}")
             continue
-        if scenario.fidelity == "broadcast" and strategy.acts_on_messages:
+        if scenario.mode == "server" and strategy.acts_on_messages:
+            problems.append(
+                f"[byzantine] {who}: {strategy_label(specs[key])} works on protocol messages, "
+                'which mode = "server" does not have (no network, no agreement): use '
+                "learning-level attacks there"
+            )
+        elif scenario.fidelity == "broadcast" and strategy.acts_on_messages:
             problems.append(
                 f"[byzantine] {who}: {strategy_label(specs[key])} works on protocol messages, "
                 f'which fidelity = "broadcast" does not simulate; use fidelity = "full" '

@@ -187,6 +187,8 @@ class Strategy:
     """
 
     name: ClassVar[str] = "honest"
+    #: whether the strategy reads ``ctx.flipped_gradients`` (the host then computes them)
+    uses_flipped_gradients: ClassVar[bool] = False
     #: how the broadcast fidelity (sim/broadcast_model.py) runs a strategy that works on
     #: messages: "silent" (it never broadcasts or votes), or None: it cannot run there
     modelled_as: ClassVar[str | None] = None
@@ -205,6 +207,12 @@ class Strategy:
     def crashes(self) -> bool:
         """Whether the strategy is a crash-stop (the host stops the node at some step)."""
         return type(self).crashed is not Strategy.crashed
+
+    @property
+    def may_hold_back(self) -> bool:
+        """Whether :meth:`vector` may return None (a rushing attack): the host then wakes
+        the node when honest vectors become known."""
+        return False
 
     @property
     def silent(self) -> bool:
@@ -305,6 +313,10 @@ class VectorAttack(Strategy):
         """Whether this attack holds its vector until the honest ones are known."""
         return self.reads_honest and self.wait_for != "none"
 
+    @property
+    def may_hold_back(self) -> bool:
+        return self.rushing
+
     def vector(self, step: int, phase: int, round_: int, vector: np.ndarray) -> np.ndarray | None:
         if not self.applies(phase, round_):
             return vector
@@ -360,6 +372,14 @@ class Combined(Strategy):
     @property
     def silent(self) -> bool:
         return any(part.silent for part in self.parts)
+
+    @property
+    def may_hold_back(self) -> bool:
+        return any(part.may_hold_back for part in self.parts)
+
+    @property
+    def uses_flipped_gradients(self) -> bool:  # type: ignore[override]
+        return any(part.uses_flipped_gradients for part in self.parts)
 
     def bind(self, ctx: StrategyContext) -> None:
         super().bind(ctx)

@@ -5,7 +5,10 @@ run as the core's vector filter (see :mod:`sim.strategies_base`), on the gradien
 and every round by default (``phases``, ``rounds``). Their damage is what the averaging
 constant of DESIGN 7 measures.
 
-The omniscient ones (ALIE, IPM, mimic) read the honest vectors of the very same
+These are jungle's own variants; :mod:`sim.strategies_literature` holds the literature's
+attacks under ByzFL's names and definitions (``mimic`` and ``gaussian`` live there).
+
+The omniscient ones (ALIE, IPM) read the honest vectors of the very same
 (step, phase, round) from ``ctx.honest_vectors``: the strongest adversary of the
 literature, which sees every honest update before choosing its own. When the host has
 none to show yet (the attacker entered the round first, or offers no omniscience) they
@@ -34,7 +37,10 @@ def _check_number(strategy: Strategy, name: str, value: object, *, positive: boo
 @dataclass(kw_only=True)
 class SignFlip(VectorAttack):
     """Broadcasts ``-scale`` times its honest vector: the simplest reversed-gradient
-    attack (e.g. Allen-Zhu et al., ICLR 2021; Karimireddy et al., ICML 2021)."""
+    attack (e.g. Allen-Zhu et al., ICLR 2021; Karimireddy et al., ICML 2021).
+
+    Jungle variant: it negates its own vector; ByzFL's ``sign_flipping`` negates the mean
+    of the honest vectors."""
 
     name = "sign_flip"
     scale: float = 1.0
@@ -51,7 +57,10 @@ class SignFlip(VectorAttack):
 class Scaling(VectorAttack):
     """Broadcasts ``factor`` times its honest vector ("explicit boosting", Bhagoji et al.,
     ICML 2019): one large vector drags a plain mean arbitrarily far, a trimmed mean not.
-    A negative factor makes it a boosted sign flip."""
+    A negative factor makes it a boosted sign flip.
+
+    Jungle variant: ByzFL has no scaling attack; its nearest, ``inner_product_manipulation``,
+    scales the honest mean (by -tau) rather than the node's own vector."""
 
     name = "scaling"
     factor: float = 10.0
@@ -62,28 +71,6 @@ class Scaling(VectorAttack):
 
     def attack(self, step: int, phase: int, round_: int, vector: np.ndarray) -> np.ndarray:
         return (vector * self.factor).astype(vector.dtype, copy=False)
-
-
-@dataclass(kw_only=True)
-class Gaussian(VectorAttack):
-    """Adds N(0, sigma^2) noise to each coordinate of its honest vector, or with
-    ``additive = false`` broadcasts pure noise, the Gaussian Byzantine worker of
-    Blanchard et al. ("Machine learning with adversaries", NeurIPS 2017)."""
-
-    name = "gaussian"
-    sigma: float = 1.0
-    additive: bool = True
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        _check_number(self, "sigma", self.sigma, positive=True)
-        if not isinstance(self.additive, bool):
-            raise self.fail("additive", f"must be true or false, got {self.additive!r}")
-
-    def attack(self, step: int, phase: int, round_: int, vector: np.ndarray) -> np.ndarray:
-        noise = self.ctx.rng.normal(0.0, self.sigma, size=vector.shape)
-        base = vector.astype(np.float64) if self.additive else 0.0
-        return (base + noise).astype(vector.dtype)
 
 
 def alie_z(n: int, f: int) -> float:
@@ -110,6 +97,9 @@ class ALIE(VectorAttack):
     Omniscient (the paper's colluders estimate mean and std from their own gradients;
     here the host shows the honest ones). With a single reference vector (no honest
     vector known yet: the node's own), std is 0 and the node sends that vector.
+
+    Jungle variant: mean - z * std with the paper's z and the population std (ddof = 0);
+    ByzFL's ``a_little_is_enough`` sends mean + tau * std, tau = 1.5, sample std (ddof = 1).
     """
 
     name = "alie"
@@ -136,6 +126,9 @@ class IPM(VectorAttack):
 
     With ``omniscient = false`` (or before any honest vector is known) the mean is
     estimated from the node's own honest vector, i.e. a scaled sign flip.
+
+    Jungle variant: the same rule as ByzFL's ``inner_product_manipulation`` with factor
+    ``epsilon`` = 0.1 (ByzFL's ``tau`` = 2.0) and an ``omniscient`` switch.
     """
 
     name = "ipm"
@@ -161,45 +154,21 @@ class IPM(VectorAttack):
 @dataclass(kw_only=True)
 class IPMLarge(IPM):
     """IPM with a large epsilon (100), the variant that breaks averaging-like rules
-    outright (as evaluated by Karimireddy, He & Jaggi, ICML 2021)."""
+    outright (as evaluated by Karimireddy, He & Jaggi, ICML 2021).
+
+    Jungle variant: ByzFL's ``inner_product_manipulation`` with ``tau`` = 100."""
 
     name = "ipm_large"
     epsilon: float = 100.0
 
 
 @dataclass(kw_only=True)
-class Mimic(VectorAttack):
-    """Copies one honest node's vector of this round (the mimic attack of Karimireddy, He
-    & Jaggi, "Byzantine-robust learning on heterogeneous datasets via bucketing", ICLR
-    2022): with heterogeneous data it over-weights that node's data, and it cannot be
-    told apart from an honest vector. ``target`` defaults to the lowest id outside the
-    Byzantine coalition (``ctx.byzantine``) and other than its own. Until the target's
-    vector is known it sends its own honest vector."""
-
-    name = "mimic"
-    reads_honest = True
-    target: int | None = None
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.target is not None and (
-            isinstance(self.target, bool) or not isinstance(self.target, int) or self.target < 0
-        ):
-            raise self.fail("target", f"must be a node id, got {self.target!r}")
-
-    def attack(self, step: int, phase: int, round_: int, vector: np.ndarray) -> np.ndarray:
-        ctx = self.ctx
-        target = self.target
-        if target is None:
-            target = min(set(range(ctx.n)) - ctx.byzantine - {ctx.me}, default=ctx.me)
-        copied = ctx.honest_vectors(step, phase, round_).get(target)
-        return vector if copied is None else np.array(copied, dtype=vector.dtype)
-
-
-@dataclass(kw_only=True)
 class Constant(VectorAttack):
     """Broadcasts ``value`` in every coordinate: a fixed point far from the honest ones
-    (with a large value, the pull a trimmed mean must trim away)."""
+    (with a large value, the pull a trimmed mean must trim away).
+
+    Jungle variant: ByzFL's nearest is ``inf`` (every coordinate +inf, which jungle's
+    receivers reject); a finite constant is a valid vector they must aggregate."""
 
     name = "constant"
     value: float = 0.0
@@ -217,7 +186,10 @@ class LabelFlip(Strategy):
     """Trains on its own data with every label y replaced by num_classes - 1 - y, then
     follows the protocol honestly with the resulting gradients: data poisoning, the
     weakest adversary (as evaluated by Allen-Zhu et al., ICLR 2021, and Karimireddy,
-    He & Jaggi, ICML 2021). The host applies :meth:`label_map` to the node's trainer."""
+    He & Jaggi, ICML 2021). The host applies :meth:`label_map` to the node's trainer.
+
+    Jungle variant: the node's own flipped-data momentum gradient; ByzFL's
+    ``label_flipping`` sends the mean of the honest nodes' flipped-label gradients."""
 
     name = "label_flip"
 
@@ -228,11 +200,9 @@ class LabelFlip(Strategy):
 LEARNING_STRATEGIES: tuple[type[Strategy], ...] = (
     SignFlip,
     Scaling,
-    Gaussian,
     ALIE,
     IPM,
     IPMLarge,
-    Mimic,
     Constant,
     LabelFlip,
 )
