@@ -114,6 +114,8 @@ class Trainer:
         self._step = 0
         self._batches = 0
         self._train_loss = math.nan
+        #: the local indices of the mini-batches of the latest gradient() (flipped_gradient)
+        self._last_batches: list[torch.Tensor] = []
 
         self._sampler = torch.Generator().manual_seed(
             derive_seed(seed, node_seed, _PURPOSE_SAMPLER)
@@ -155,9 +157,11 @@ class Trainer:
         self._flat_grad.zero_()
         loss_total = 0.0
         self._model.train()
+        self._last_batches = []
         with self._private_rng():
             for _ in range(config.local_steps):
                 batch = self._next_batch()
+                self._last_batches.append(batch)
                 loss = F.cross_entropy(self._model(self._x[batch]), self._y[batch])
                 torch.autograd.backward(loss)  # accumulates into the flat gradient
                 loss_total += float(loss.detach())
@@ -175,6 +179,55 @@ class Trainer:
             self._momentum.copy_(grad)
             self._momentum_started = True
         return self._momentum.numpy().copy()
+
+    def flipped_gradient(self) -> np.ndarray:
+        """The gradient of the current model on the mini-batches of the latest
+        :meth:`gradient`, with every label y replaced by num_classes - 1 - y, as a new float32
+        vector: what an honest ByzFL client computes for the label-flipping attack (ByzFL
+        0.0.11, ``fed_framework/client.py``, ``Client.compute_gradients``: on the same batch
+        as its true gradient, with the model in eval mode, ``targets.sub(nb_labels - 1)
+        .mul(-1)``; ``get_flat_flipped_gradients`` returns it without momentum).
+
+        So: no momentum (ByzFL's flipped gradients carry none); the model in eval mode
+        (ByzFL's, which also leaves BatchNorm statistics and the dropout RNG untouched);
+        averaged over ``local_steps`` batches and with the L2 penalty added, as this
+        trainer's own gradient is (ByzFL applies weight decay to the aggregate, on the
+        server, which for every vector alike is the same as adding it to each). Call it
+        before :meth:`apply_gradient` or :meth:`set_parameters` to get the gradient at the
+        parameters :meth:`gradient` saw.
+
+        Nothing the trainer's own path computes changes: the sampler, momentum, parameters,
+        their gradient buffer and the private RNG are untouched (gradients come from
+        ``torch.autograd.grad``, not accumulated into ``.grad``). Raises RuntimeError before
+        the first :meth:`gradient`.
+        """
+        if not self._last_batches:
+            raise RuntimeError("flipped_gradient() needs a gradient() call first")
+        config = self._config
+        top = self._task.num_classes - 1
+        total = torch.zeros(self._dim, dtype=torch.float32)
+        was_training = self._model.training
+        self._model.eval()
+        try:
+            with torch.random.fork_rng(devices=[]):
+                torch.set_rng_state(self._model_rng_state)  # a copy: ours is not advanced
+                for batch in self._last_batches:
+                    logits = self._model(self._x[batch])
+                    loss = F.cross_entropy(logits, top - self._y[batch])
+                    grads = torch.autograd.grad(loss, self._params, allow_unused=True)
+                    total += torch.cat(
+                        [
+                            torch.zeros(p.numel()) if g is None else g.reshape(-1)
+                            for p, g in zip(self._params, grads, strict=True)
+                        ]
+                    )
+        finally:
+            self._model.train(was_training)
+        if config.local_steps > 1:
+            total.div_(config.local_steps)
+        if config.weight_decay:
+            total.add_(self._flat_params, alpha=config.weight_decay)
+        return total.numpy()
 
     def apply_gradient(self, vec: np.ndarray) -> None:
         """``params -= lr_t * vec`` with the scheduled learning rate, then advance the step."""

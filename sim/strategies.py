@@ -36,6 +36,7 @@ from sim.strategies_base import (
     strategy_rng,
 )
 from sim.strategies_learning import LEARNING_STRATEGIES, alie_z
+from sim.strategies_literature import LITERATURE_STRATEGIES
 from sim.strategies_protocol import PROTOCOL_STRATEGIES
 
 __all__ = [
@@ -53,10 +54,13 @@ __all__ = [
     "strategy_rng",
 ]
 
-#: Every built-in strategy by name: protocol level first, then learning level.
-STRATEGIES: Mapping[str, type[Strategy]] = MappingProxyType(
-    {cls.name: cls for cls in (*PROTOCOL_STRATEGIES, *LEARNING_STRATEGIES)}
-)
+_BUILT_IN = (*PROTOCOL_STRATEGIES, *LEARNING_STRATEGIES, *LITERATURE_STRATEGIES)
+
+#: Every built-in strategy by name: protocol level first, then learning level (jungle's
+#: variants, then the literature's under ByzFL's names). A name is registered once.
+STRATEGIES: Mapping[str, type[Strategy]] = MappingProxyType({cls.name: cls for cls in _BUILT_IN})
+if len(STRATEGIES) != len(_BUILT_IN):  # pragma: no cover - a programming error
+    raise RuntimeError(f"strategy names are not unique: {[cls.name for cls in _BUILT_IN]}")
 
 StrategySpec = str | Mapping[str, Any] | Sequence[Any] | Strategy
 

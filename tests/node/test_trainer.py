@@ -360,3 +360,76 @@ def test_bad_indices_are_refused(digits: Task) -> None:
     for indices in (np.array([], dtype=np.int64), np.array([0, len(digits.train)]), np.array([-1])):
         with pytest.raises(ValueError, match="indices"):
             Trainer(digits, indices, TrainingSettings(), 0)
+
+
+# ----------------------------------------------------------- label-flipped gradients (ByzFL)
+
+
+def _gradients(trainer: Trainer, steps: int, flipped_between: bool) -> list[bytes]:
+    """The bytes of ``steps`` gradients (applied in turn), with or without
+    ``flipped_gradient()`` calls after each one."""
+    out = []
+    for _ in range(steps):
+        gradient = trainer.gradient()
+        if flipped_between:
+            trainer.flipped_gradient()
+            trainer.flipped_gradient()
+        out.append(gradient.tobytes())
+        trainer.apply_gradient(gradient)
+    out.append(trainer.parameters().tobytes())
+    return out
+
+
+@pytest.mark.parametrize(
+    ("spec", "settings"),
+    [
+        ("digits-mlp", TrainingSettings(momentum=0.9, weight_decay=0.01, local_steps=2)),
+        (f"{HERE}:dropout_task", TrainingSettings(momentum=0.5, batch_size=5)),
+    ],
+)
+def test_flipped_gradients_leave_the_trainers_own_path_unchanged(
+    spec: str, settings: TrainingSettings
+) -> None:
+    task = load_task(spec, seed=0)
+    indices = np.arange(min(len(task.train), 200))
+    plain = Trainer(task, indices, settings, node_seed=3)
+    probed = Trainer(task, indices, settings, node_seed=3)
+    assert _gradients(plain, 6, False) == _gradients(probed, 6, True)
+    assert plain.statistics() == probed.statistics()
+    plain_state, probed_state = plain.state_dict(), probed.state_dict()
+    for key, value in plain_state.items():
+        if isinstance(value, torch.Tensor):
+            assert torch.equal(value, probed_state[key]), key
+        elif isinstance(value, dict):
+            assert all(torch.equal(v, probed_state[key][k]) for k, v in value.items()), key
+        else:
+            assert value == probed_state[key] or value != value, key  # NaN loss: equal too
+
+
+def test_flipped_gradient_is_the_gradient_on_flipped_labels_of_the_same_batches(
+    digits: Task,
+) -> None:
+    """ByzFL's flip y -> num_classes - 1 - y on the batches of the latest gradient(), with
+    no momentum (digits-mlp has no dropout or BatchNorm, so eval mode changes nothing)."""
+    settings = TrainingSettings(momentum=0.9, weight_decay=0.01, local_steps=2)
+    flip = np.arange(digits.num_classes - 1, -1, -1)
+    honest = Trainer(digits, whole_train_set(digits), settings, node_seed=4)
+    # same sampler (node seed), no momentum: its gradient() is the flipped gradient
+    reference = Trainer(
+        digits,
+        whole_train_set(digits),
+        TrainingSettings(momentum=0.0, weight_decay=0.01, local_steps=2),
+        node_seed=4,
+        label_map=flip,
+    )
+    with pytest.raises(RuntimeError, match="gradient"):
+        honest.flipped_gradient()
+    for _ in range(3):
+        gradient = honest.gradient()
+        flipped = honest.flipped_gradient()
+        expected = reference.gradient()
+        assert flipped.dtype == np.float32 and flipped.shape == (honest.dim,)
+        np.testing.assert_allclose(flipped, expected, rtol=1e-5, atol=1e-7)
+        assert not np.allclose(flipped, gradient)
+        honest.apply_gradient(gradient)
+        reference.apply_gradient(gradient)  # same parameters for the next step

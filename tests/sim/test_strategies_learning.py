@@ -33,13 +33,17 @@ def test_sign_flip_and_scaling_apply_to_chosen_phases_and_rounds() -> None:
 
 def test_gaussian_noise_has_the_requested_spread_and_is_seeded() -> None:
     v = np.ones(20_000, dtype=np.float32)
-    noisy = bound({"name": "gaussian", "sigma": 2.0}, seed=5).vector(0, 0, 0, v)
+    # jungle's variant: noise added to the node's own vector
+    additive = {"name": "gaussian", "sigma": 2.0, "additive": True}
+    noisy = bound(additive, seed=5).vector(0, 0, 0, v)
     assert noisy.dtype == np.float32
     assert abs(np.std(noisy - v) - 2.0) < 0.05 and abs(np.mean(noisy - v)) < 0.05
-    again = bound({"name": "gaussian", "sigma": 2.0}, seed=5).vector(0, 0, 0, v)
-    np.testing.assert_array_equal(noisy, again)
-    pure = bound({"name": "gaussian", "additive": False}, seed=5).vector(0, 0, 0, v)
-    assert abs(np.mean(pure)) < 0.05  # no trace of the honest ones
+    np.testing.assert_array_equal(noisy, bound(additive, seed=5).vector(0, 0, 0, v))
+    # by default ByzFL's: pure N(mu, sigma^2) noise, no trace of the honest vector
+    pure = bound("gaussian", seed=5).vector(0, 0, 0, v)
+    assert abs(np.mean(pure)) < 0.05 and abs(np.std(pure) - 1.0) < 0.05
+    shifted = bound({"name": "gaussian", "mu": 3.0, "sigma": 0.5}, seed=5).vector(0, 0, 0, v)
+    assert abs(np.mean(shifted) - 3.0) < 0.05 and abs(np.std(shifted) - 0.5) < 0.05
 
 
 def test_alie_z_follows_the_paper() -> None:
