@@ -40,6 +40,7 @@ from protocol.crypto import Ed25519Scheme, SignatureScheme, UnsignedScheme, dige
 from protocol.step import Broadcast, Decided, Fault, Output, RoundStarted
 from sim.adapters import BroadcastClassifier, DivergenceGuard
 from sim.broadcast_model import BroadcastModel
+from sim.determinism import pin as pin_determinism
 from sim.metrics import MetricsLog, RoundBook
 from sim.network import StopReason, VirtualNetwork
 from sim.progress import Progress, ProgressSnapshot
@@ -95,6 +96,7 @@ class Simulation:
     def __init__(
         self, scenario: Scenario, out_dir: Path | None = None, progress: Progress | None = None
     ) -> None:
+        pin_determinism()
         self.scenario = scenario
         seed = scenario.seed
         n = scenario.n
