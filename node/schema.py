@@ -87,6 +87,12 @@ def coerce(value: object, hint: Any, base: Path | None = None) -> object:
     gives it; a ``Path`` is resolved against ``base``."""
     if hint is object or hint is typing.Any:
         return value
+    if typing.get_origin(hint) is tuple:  # tuple[str, ...]: a TOML list, or a flag's a,b
+        if isinstance(value, str):
+            value = [item.strip() for item in value.split(",") if item.strip()]
+        if isinstance(value, list | tuple) and all(isinstance(item, str) for item in value):
+            return tuple(value)
+        raise TypeError(f"expected a list of strings, got {value!r}")
     options = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
     if value is None and type(None) in options:
         return None
@@ -261,6 +267,8 @@ def add_flags(
 
 
 def _flag_type(hint: Any) -> Any:
+    if typing.get_origin(hint) is tuple:
+        return str  # comma-separated, split by coerce
     options = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
     if bool in options:
         return _boolean
@@ -300,6 +308,8 @@ def _shown(value: Any) -> str:
         return "none"
     if value == "":
         return '""'
+    if isinstance(value, tuple):
+        return "[" + ", ".join(f'"{item}"' for item in value) + "]"
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int) and value >= 1024 * 1024 and value % (1024 * 1024) == 0:

@@ -15,6 +15,15 @@ to guess which malformed input an aggregator will tolerate.
   n >= 6f+1 and a better averaging constant in return; exact search, so m and f are bounded.
 * `mean`: the plain, non-robust mean, kept as the baseline that one Byzantine node can move
   arbitrarily far.
+* ByzFL 0.0.11's vector rules (protocol/vector_rules.py): `krum`, `multi_krum`,
+  `geometric_median`, `centered_clipping`, `monna`; the last two also take a keyword-only
+  `reference` vector, which the agreement sets to the node's own vector of the round.
+
+Pre-aggregators (protocol/preaggregate.py, `PRE_AGGREGATORS`: `nnm`, `bucketing`, `clipping`,
+`arc`) rewrite the rows first; `compose(aggregator, pre_aggregators)` chains them as ByzFL
+does. Each rule's resilience condition is in `RESILIENCE` / `PRE_RESILIENCE`; `min_nodes`
+takes the largest of a composition's and the agreement's own n >= 3f+1. What each rule does
+inside the agreement is measured by benchmarks/bench_aggregators.py (docs/simulator.md).
 
 The results are within each coordinate's range of the values that were averaged (so trimmed
 mean stays within the honest range whenever the trimmed values include every Byzantine one),
@@ -23,20 +32,29 @@ and sums never overflow: see `protocol/_select.py`, which holds the fast kernel.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from types import MappingProxyType
+from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
 
+from protocol import preaggregate, vector_rules
 from protocol._select import kept_mean
+from protocol._vectors import check_f as _check_f
+from protocol._vectors import check_finite as _check_finite
+from protocol._vectors import check_structure as _check_structure
+from protocol._vectors import pairwise_distances
 
 Aggregator = Callable[[np.ndarray, int], np.ndarray]
+"""``aggregate(vectors, f) -> vector``; a rule may take keyword-only options besides."""
+PreAggregator = Callable[[np.ndarray, int], np.ndarray]
+"""``pre(vectors, f) -> (m', d) rows`` of the input's dtype, handed on to the aggregator."""
 FloatArray = npt.NDArray[np.floating]
-
-SUPPORTED_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 MDA_SUBSETS_MAX = 100_000
 """mda searches all C(m, f) subsets exactly; beyond this many it refuses instead of stalling a
@@ -44,13 +62,6 @@ node (C(20, 5) = 15504 is fine, C(31, 5) = 169911 is not)."""
 MDA_ROWS_MAX = 128
 """Distances cost m²/2 passes over d coordinates whatever f is, so rows are bounded too (128
 rows cover f <= 21 at n >= 6f+1; C(m, f) already stops f at 2 for m = 100)."""
-SQUARED_DISTANCE_UNSCALED_MIN = float(np.finfo(np.float64).tiny / np.finfo(np.float64).eps)
-"""Below this a squared distance may have lost terms to underflow (squares under 2^-1022 of
-differences under ~1e-154): recompute it scaled. Float32 inputs never get here (unless equal).
-"""
-DISTANCE_BLOCK_COLUMNS = 8192
-"""Columns widened to float64 at a time for distances: two (m, 8192) float64 buffers, at most
-16 MiB (m = MDA_ROWS_MAX), stay in cache while every pair of rows is compared."""
 MDA_INDEX_BLOCK_ENTRIES = 1 << 22
 """Subset diameters are computed a chunk of subsets at a time: at most this many pair entries
 (chunk · (m-f)²) are gathered at once, so memory stays bounded (32 MiB of float64)."""
@@ -74,7 +85,10 @@ def median(vectors: np.ndarray, f: int) -> np.ndarray:
 
 
 def mean(vectors: np.ndarray, f: int) -> np.ndarray:
-    """Plain coordinate-wise mean: the non-robust baseline. Ignores f beyond checking f >= 0."""
+    """Plain coordinate-wise mean: the non-robust baseline. Ignores f beyond checking f >= 0.
+
+    In the agreement it BREAKS validity, as expected: +-1e6 outliers put every honest output
+    ~1e5 honest diameters outside the honest range (benchmarks/bench_aggregators.py)."""
     _check_structure(vectors, f, rows_min=1)
     return kept_mean(vectors, 0)
 
@@ -84,7 +98,11 @@ def mda(vectors: np.ndarray, f: int) -> np.ndarray:
     is smallest. Ties go to the lexicographically lowest tuple of (sorted) row indices.
 
     Exact search over the C(m, f) subsets; for f > 0, raises ValueError beyond MDA_SUBSETS_MAX
-    of them or beyond MDA_ROWS_MAX rows."""
+    of them or beyond MDA_ROWS_MAX rows.
+
+    In the agreement (n = 19, f = 3, benchmarks/bench_aggregators.py): every honest output
+    within the honest range; ALIE vectors are sometimes among the m-f averaged, so a third
+    of the outputs left the honest convex hull (by <= 0.008 honest diameters)."""
     _check_structure(vectors, f, rows_min=2 * f + 1)
     if f == 0:  # one subset, all rows: no search, no limit
         return kept_mean(vectors, 0)
@@ -99,45 +117,6 @@ def mda(vectors: np.ndarray, f: int) -> np.ndarray:
     _check_finite(vectors)
     chosen = min_diameter_subset(pairwise_distances(vectors), m - f)
     return kept_mean(vectors[list(chosen)], 0)
-
-
-def pairwise_distances(vectors: FloatArray) -> npt.NDArray[np.float64]:
-    """(m, m) L2 distances between rows, in float64.
-
-    Column blocks are widened to float64 (exactly) and each row's differences to the rows after
-    it are squared and summed at once, so the work is O(m²·d) vectorised passes over cached
-    blocks. A pair whose sum overflowed, or is small enough to have lost terms to underflow, is
-    recomputed scaled by its largest difference; a distance truly beyond the float64 range is
-    +inf, which still orders correctly."""
-    m, d = vectors.shape
-    squared = np.zeros((m, m), dtype=np.float64)
-    columns = max(1, min(d, DISTANCE_BLOCK_COLUMNS))
-    block = np.empty((m, columns), dtype=np.float64)
-    differences = np.empty((m, columns), dtype=np.float64)
-    with np.errstate(over="ignore", invalid="ignore"):  # caught below, pair by pair
-        for start in range(0, d, columns):
-            width = min(start + columns, d) - start
-            np.copyto(block[:, :width], vectors[:, start : start + width])
-            for i in range(m - 1):
-                later = differences[: m - i - 1, :width]
-                np.subtract(block[i + 1 :, :width], block[i, :width], out=later)
-                squared[i, i + 1 :] += np.einsum("ij,ij->i", later, later)
-    distances = np.sqrt(squared)
-    for i, j in itertools.combinations(range(m), 2):
-        if not SQUARED_DISTANCE_UNSCALED_MIN <= squared[i, j] < math.inf:
-            distances[i, j] = _scaled_distance(vectors[i], vectors[j])
-        distances[j, i] = distances[i, j]
-    return distances
-
-
-def _scaled_distance(a: FloatArray, b: FloatArray) -> float:
-    with np.errstate(over="ignore"):
-        difference = np.subtract(a, b, dtype=np.float64)
-    scale = float(np.max(np.abs(difference), initial=0.0))
-    if not 0.0 < scale < math.inf:
-        return scale
-    difference /= scale
-    return scale * math.sqrt(float(np.vdot(difference, difference)))
 
 
 def min_diameter_subset(distances: npt.NDArray[np.float64], size: int) -> tuple[int, ...]:
@@ -159,11 +138,90 @@ def min_diameter_subset(distances: npt.NDArray[np.float64], size: int) -> tuple[
 
 
 AGGREGATORS: Mapping[str, Aggregator] = MappingProxyType(
-    {"trimmed_mean": trimmed_mean, "median": median, "mda": mda, "mean": mean}
+    {
+        "trimmed_mean": trimmed_mean,
+        "median": median,
+        "mda": mda,
+        "mean": mean,
+        "krum": vector_rules.krum,
+        "multi_krum": vector_rules.multi_krum,
+        "geometric_median": vector_rules.geometric_median,
+        "centered_clipping": vector_rules.centered_clipping,
+        "monna": vector_rules.monna,
+    }
 )
 
-_RESILIENCE = MappingProxyType({"trimmed_mean": 3, "median": 3, "mean": 3, "mda": 6})
-"""n >= k·f + 1 (DESIGN 3): RB-TM's optimal 3f+1; MDA's 6f+1 (El-Mhamdi et al. 2021)."""
+PRE_AGGREGATORS: Mapping[str, PreAggregator] = MappingProxyType(
+    {
+        "nnm": preaggregate.nnm,
+        "bucketing": preaggregate.bucketing,
+        "clipping": preaggregate.clipping,
+        "arc": preaggregate.arc,
+    }
+)
+
+
+class ReferenceAggregator(Protocol):
+    """An aggregator that also takes a reference vector (the node's own, in the agreement)."""
+
+    def __call__(
+        self, vectors: np.ndarray, f: int, /, *, reference: np.ndarray | None = None
+    ) -> np.ndarray: ...
+
+
+_TAKES_REFERENCE: Mapping[str, ReferenceAggregator] = MappingProxyType(
+    {"centered_clipping": vector_rules.centered_clipping, "monna": vector_rules.monna}
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Resilience:
+    """n >= per_f·f + plus (and n >= 1): the fewest nodes a rule needs to tolerate f
+    Byzantine ones, with where the condition comes from."""
+
+    per_f: int
+    plus: int
+    source: str
+
+    def nodes(self, f: int) -> int:
+        return max(1, self.per_f * f + self.plus)
+
+    def __str__(self) -> str:
+        if not self.per_f:
+            return str(max(1, self.plus))
+        return f"{self.per_f}f" + (f"+{self.plus}" if self.plus else "")
+
+
+AGREEMENT_RESILIENCE = Resilience(3, 1, "reliable broadcast and witnesses (DESIGN 3, 4.2)")
+"""Every composition needs this too, whatever its rules tolerate on their own."""
+
+RESILIENCE: Mapping[str, Resilience] = MappingProxyType(
+    {
+        "trimmed_mean": Resilience(3, 1, "RB-TM, optimal (El-Mhamdi et al., NeurIPS 2021)"),
+        "median": Resilience(3, 1, "coordinate-wise, as RB-TM"),
+        "mean": Resilience(3, 1, "none (not robust): the agreement's"),
+        "mda": Resilience(6, 1, "MDA (El-Mhamdi et al., NeurIPS 2021)"),
+        "krum": Resilience(2, 3, "2f+2 < n (Blanchard et al., NeurIPS 2017)"),
+        "multi_krum": Resilience(2, 3, "as Krum (Blanchard et al., NeurIPS 2017)"),
+        "geometric_median": Resilience(
+            2, 1, "breakdown point 1/2 (Lopuhaä and Rousseeuw 1991; Pillutla et al. 2022)"
+        ),
+        "centered_clipping": Resilience(
+            10, 0, "Byzantine fraction <= 0.1 (Karimireddy, He and Jaggi, ICML 2021)"
+        ),
+        "monna": Resilience(2, 1, "an honest majority among the m-f averaged (Farhadkhani et al.)"),
+    }
+)
+"""Each aggregator's own condition (see its docstring); min_nodes adds the agreement's."""
+
+PRE_RESILIENCE: Mapping[str, Resilience] = MappingProxyType(
+    {
+        "nnm": Resilience(2, 1, "f < n/2 (Allouah et al., AISTATS 2023)"),
+        "bucketing": Resilience(2, 1, "m > 2f, and the next rule sees ceil(n/s) rows"),
+        "clipping": Resilience(2, 1, "none of its own; m > 2f as every rule"),
+        "arc": Resilience(2, 1, "f < n/2 (Allouah et al., 2024)"),
+    }
+)
 
 
 def get_aggregator(name: str) -> Aggregator:
@@ -176,33 +234,116 @@ def get_aggregator(name: str) -> Aggregator:
         ) from None
 
 
-def min_nodes(name: str, f: int) -> int:
-    """Fewest nodes with which `name` tolerates f Byzantine ones: 3f+1, or 6f+1 for mda."""
-    get_aggregator(name)
+def get_pre_aggregator(name: str) -> PreAggregator:
+    """The pre-aggregator registered under `name`; ValueError naming the valid ones otherwise."""
+    try:
+        return PRE_AGGREGATORS[name]
+    except (KeyError, TypeError):
+        raise ValueError(
+            f"unknown pre-aggregator {name!r}; valid: {', '.join(sorted(PRE_AGGREGATORS))}"
+        ) from None
+
+
+@dataclass(frozen=True, slots=True)
+class Composition:
+    """Pre-aggregators in order, then an aggregator, each with the same f: ByzFL's
+    RobustAggregator(aggregator_info, pre_agg_list). Built (once per names) by compose."""
+
+    aggregator: str
+    pre_aggregators: tuple[str, ...]
+
+    def __call__(
+        self, vectors: np.ndarray, f: int, /, *, reference: np.ndarray | None = None
+    ) -> np.ndarray:
+        for name in self.pre_aggregators:
+            vectors = PRE_AGGREGATORS[name](vectors, f)
+        taker = _TAKES_REFERENCE.get(self.aggregator)
+        if taker is not None:
+            return taker(vectors, f, reference=reference)
+        return AGGREGATORS[self.aggregator](vectors, f)
+
+    def __str__(self) -> str:
+        return "+".join((*self.pre_aggregators, self.aggregator))
+
+
+def compose(aggregator: str, pre_aggregators: Sequence[str] = ()) -> Aggregator:
+    """The rule that applies `pre_aggregators` in order, then `aggregator`. Without
+    pre-aggregators, exactly get_aggregator(aggregator); otherwise one Composition per
+    names, the same object at every call (VectorMemo keys results by the rule's identity).
+    ValueError for unknown names, naming the valid ones."""
+    if isinstance(pre_aggregators, str) or not isinstance(pre_aggregators, Sequence):
+        raise ValueError(f"pre_aggregators must be a sequence of names, got {pre_aggregators!r}")
+    return _compose(aggregator, tuple(pre_aggregators))
+
+
+@functools.lru_cache(maxsize=256)
+def _compose(aggregator: str, pre_aggregators: tuple[str, ...]) -> Aggregator:
+    rule = get_aggregator(aggregator)
+    for name in pre_aggregators:
+        get_pre_aggregator(name)
+    if not pre_aggregators:
+        return rule
+    return Composition(aggregator, pre_aggregators)
+
+
+def reference_taker(aggregator: Aggregator) -> ReferenceAggregator | None:
+    """`aggregator` as a rule that takes ``reference=`` (centered clipping, MoNNA, or a
+    composition ending in one), or None: the agreement passes those the node's own vector."""
+    if isinstance(aggregator, Composition):
+        return aggregator if aggregator.aggregator in _TAKES_REFERENCE else None
+    for taker in _TAKES_REFERENCE.values():
+        if aggregator is taker:
+            return taker
+    return None
+
+
+def aggregate_with(
+    aggregator: Aggregator, vectors: np.ndarray, f: int, reference: np.ndarray | None
+) -> np.ndarray:
+    """``aggregator(vectors, f)``, with ``reference=`` for the rules that take one (see
+    reference_taker); the others ignore it."""
+    taker = None if reference is None else reference_taker(aggregator)
+    if taker is None:
+        return aggregator(vectors, f)
+    return taker(vectors, f, reference=reference)
+
+
+def min_nodes(name: str, f: int, pre_aggregators: Sequence[str] = ()) -> int:
+    """Fewest nodes with which `name` after `pre_aggregators` tolerates f Byzantine ones: the
+    largest requirement of the agreement (3f+1) and of every rule (RESILIENCE,
+    PRE_RESILIENCE), e.g. 6f+1 for mda, 2f+3 for krum at f = 1."""
+    return _binding(name, f, pre_aggregators)[2]
+
+
+def tolerance_problem(
+    n: int, f: int, aggregator: str, pre_aggregators: Sequence[str] = ()
+) -> str | None:
+    """Why n nodes cannot tolerate f Byzantine ones with this composition (naming the rule
+    that refuses), or None; ValueError for unknown names or f < 0."""
+    stage, rule, needed = _binding(aggregator, f, pre_aggregators)
+    if n >= needed:
+        return None
+    label = "+".join((*pre_aggregators, aggregator))
+    whose = "" if stage == label else f" ({stage}: {rule.source})"
+    return f"n={n} nodes cannot tolerate f={f} with {label}: it needs n >= {rule} = {needed}{whose}"
+
+
+def _binding(name: str, f: int, pre_aggregators: Sequence[str]) -> tuple[str, Resilience, int]:
+    """(stage, its condition, the n it implies) of the largest requirement; the aggregator's
+    own wins ties, so plain names are reported by their own rule."""
+    compose(name, pre_aggregators)  # validates the names
     _check_f(f)
-    return _RESILIENCE[name] * f + 1
-
-
-def _check_f(f: int) -> None:
-    if isinstance(f, bool) or not isinstance(f, int | np.integer) or f < 0:
-        raise ValueError(f"f must be a non-negative integer, got {f!r}")
-
-
-def _check_structure(vectors: np.ndarray, f: int, rows_min: int) -> None:
-    """Everything but finiteness (checked by the kernel while it reads the values)."""
-    _check_f(f)
-    if not isinstance(vectors, np.ndarray):
-        raise ValueError(f"vectors must be a numpy array, got {type(vectors).__name__}")
-    if vectors.ndim != 2:
-        raise ValueError(f"vectors must be 2-D (m rows, d coordinates), got shape {vectors.shape}")
-    if vectors.dtype not in SUPPORTED_DTYPES:
-        raise ValueError(f"vectors must be native float32 or float64, got {vectors.dtype}")
-    m = vectors.shape[0]
-    if m < rows_min:
-        rule = f" to tolerate f={f} (m > 2f)" if rows_min > 1 else ""
-        raise ValueError(f"need at least {rows_min} vectors{rule}, got {m}")
-
-
-def _check_finite(vectors: FloatArray) -> None:
-    if vectors.size and not (np.isfinite(vectors.min()) and np.isfinite(vectors.max())):
-        raise ValueError("vectors contain NaN or infinite values")
+    pres = tuple(pre_aggregators)
+    stages = [(name, RESILIENCE[name], len(pres))]
+    stages += [(pre, PRE_RESILIENCE[pre], i) for i, pre in enumerate(pres)]
+    stages.append(("averaging agreement", AGREEMENT_RESILIENCE, 0))
+    best: tuple[str, Resilience, int] | None = None
+    for stage, rule, position in stages:
+        needed = rule.nodes(f)
+        for earlier in reversed(pres[:position]):  # rows each earlier stage needs
+            if earlier == "bucketing":
+                needed = preaggregate.BUCKET_SIZE * (needed - 1) + 1
+        if best is None or needed > best[2]:
+            best = (stage, rule, needed)
+    assert best is not None
+    return best

@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from protocol.aggregate import Aggregator
+from protocol.aggregate import Aggregator, aggregate_with, reference_taker
 from protocol.broadcast import BroadcastInstance, BroadcastParams, Ignored
 from protocol.codec import CodecError, decode_array, decode_report, encode_array, encode_report
 from protocol.crypto import SignatureScheme
@@ -101,8 +101,18 @@ class VectorMemo:
         if vector is not None:
             self._digests[id(vector)] = hashlib.blake2b(payload, digest_size=32).digest()
 
-    def aggregate(self, aggregator: Aggregator, f: int, vectors: list[np.ndarray]) -> np.ndarray:
-        """``aggregator(np.stack(vectors), f)``, computed once per distinct input."""
+    def aggregate(
+        self,
+        aggregator: Aggregator,
+        f: int,
+        vectors: list[np.ndarray],
+        reference: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """``aggregator(np.stack(vectors), f)``, computed once per distinct input. A rule
+        that takes a ``reference`` (the node's own vector) is computed afresh: no other
+        core shares it."""
+        if reference is not None and reference_taker(aggregator) is not None:
+            return aggregate_with(aggregator, np.stack(vectors), f, reference)
         digests = self._digests
         try:
             key = (aggregator, f, *(digests[id(vector)] for vector in vectors))
@@ -166,6 +176,8 @@ class _Round:
     missing: dict[int, int] = field(default_factory=dict)
     #: the held origins as a bit mask (bit i: origin i), for the witness check
     held_mask: int = 0
+    #: the vector we broadcast this round: the reference of rules that take one (MoNNA)
+    own: np.ndarray | None = None
 
     def hold(self, origin: int, vector: np.ndarray) -> None:
         self.held[origin] = vector
@@ -281,6 +293,7 @@ class AveragingAgreement:
             instance.drop_payload()
         for state in self._rounds:
             state.held.clear()
+            state.own = None
 
     def deliver(self, iid: InstanceId, payload: bytes) -> Step:
         """A modelled reliable broadcast delivered ``payload`` for ``iid`` (broadcast
@@ -406,6 +419,7 @@ class AveragingAgreement:
                     return Step()
                 vector = filtered
             step = self._broadcast_own(iid, encode_array(vector))
+        self._rounds[round_].own = vector
         step.outputs.insert(0, RoundStarted(self.step, self.phase, round_, vector))
         return step
 
@@ -499,12 +513,15 @@ class AveragingAgreement:
         if vectors is None:
             return None
         params = self._params
+        own = self._rounds[round_].own  # the reference of rules that take one
         if params.vector_memo is not None:
             aggregated = params.vector_memo.aggregate(
-                params.aggregator, params.broadcast.f, vectors
+                params.aggregator, params.broadcast.f, vectors, own
             )
         else:
-            aggregated = params.aggregator(np.stack(vectors), params.broadcast.f)
+            aggregated = aggregate_with(
+                params.aggregator, np.stack(vectors), params.broadcast.f, own
+            )
         vector = aggregated.astype(params.dtype, copy=False)
         if round_ + 1 < self.rounds:
             return self._enter_round(round_ + 1, vector)

@@ -42,7 +42,7 @@ from enum import StrEnum
 
 import numpy as np
 
-from protocol.aggregate import get_aggregator, min_nodes
+from protocol.aggregate import compose, tolerance_problem
 from protocol.agreement import (
     ARRAY_HEADER_BYTES_MAX,
     AgreementParams,
@@ -121,14 +121,16 @@ class ProtocolConfig:
     steps_retained: int = 2  # keep serving instances this many steps behind ours
     #: the run's number of steps, if known: a message for a later step is a fault
     steps_total: int | None = None
+    #: rules applied in order before the aggregator (protocol.aggregate.PRE_AGGREGATORS)
+    pre_aggregators: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        needed = min_nodes(self.aggregator, self.f)  # raises for unknown names, f < 0
-        if self.n < needed:
-            raise ValueError(
-                f"{self.aggregator} tolerates f={self.f} Byzantine nodes only with "
-                f"n >= {needed}, got n={self.n}"
-            )
+        if not isinstance(self.pre_aggregators, tuple):
+            raise ValueError(f"pre_aggregators must be a tuple, got {self.pre_aggregators!r}")
+        # raises for unknown names and f < 0; names the rule that needs more nodes
+        problem = tolerance_problem(self.n, self.f, self.aggregator, self.pre_aggregators)
+        if problem is not None:
+            raise ValueError(problem)
         if not 0 <= self.me < self.n:
             raise ValueError(f"node id {self.me} is not in [0, {self.n})")
         if len(self.session) != SESSION_ID_BYTES:
@@ -196,7 +198,7 @@ class NodeCore:
             BroadcastParams(config.n, config.f, config.me, config.session),
             config.dim,
             np.dtype(config.dtype),
-            get_aggregator(config.aggregator),
+            compose(config.aggregator, config.pre_aggregators),
             vector_filter,
             self._ignored,
             vector_memo,

@@ -18,7 +18,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Final
 
-from protocol.aggregate import AGGREGATORS, min_nodes
+from protocol.aggregate import AGGREGATORS, PRE_AGGREGATORS, tolerance_problem
 from protocol.core import GradientSchedule, ProtocolConfig, RoundSchedule
 
 #: the key under which a field's :class:`SettingInfo` sits in its metadata
@@ -88,6 +88,13 @@ def rule_problem(value: Any, rules: SettingInfo) -> str | None:
     """Why ``value`` breaks ``rules`` (an already type-checked value), or None."""
     if isinstance(value, bool) or value is None:
         return None
+    if isinstance(value, tuple):  # a list of names: each one must be a choice
+        for item in value:
+            if not isinstance(item, str):
+                return f"expected a list of strings, got {item!r} in it"
+            if rules.choices and item not in rules.choices:
+                return f"expected names among {', '.join(rules.choices)}, got {item!r}"
+        return None
     if isinstance(value, str):
         if rules.choices and value not in rules.choices:
             return f"expected one of {', '.join(rules.choices)}, got {value!r}"
@@ -124,6 +131,12 @@ class ProtocolSettings:
         "trimmed_mean",
         "how a round combines the vectors held; mean is the non-robust baseline",
         choices=tuple(sorted(AGGREGATORS)),
+    )
+    pre_aggregators: tuple[str, ...] = setting(
+        (),
+        "rules applied in order before the aggregator, as ByzFL's pre_agg_list: e.g. "
+        '["nnm"] (a flag takes nnm,arc); empty: none',
+        choices=tuple(sorted(PRE_AGGREGATORS)),
     )
     gradient_rounds: int | str = setting(
         GRADIENT_ROUNDS_LOG2,
@@ -177,18 +190,12 @@ class ProtocolSettings:
         )
 
     def tolerance_problem(self, n: int, f: int) -> str | None:
-        """Why n nodes cannot tolerate f Byzantine ones with this aggregator, or None."""
+        """Why n nodes cannot tolerate f Byzantine ones with this aggregator (after its
+        pre-aggregators), or None; the message names the rule that needs more."""
         try:
-            needed = min_nodes(self.aggregator, f)
+            return tolerance_problem(n, f, self.aggregator, self.pre_aggregators)
         except ValueError as error:
             return str(error)
-        if n >= needed:
-            return None
-        rule = "6f+1" if needed == 6 * f + 1 else "3f+1"
-        return (
-            f"n={n} nodes cannot tolerate f={f} with {self.aggregator}: it needs n >= "
-            f"{rule} = {needed}"
-        )
 
     def config(
         self,
@@ -208,6 +215,7 @@ class ProtocolSettings:
             session=session,
             dim=dim,
             aggregator=self.aggregator,
+            pre_aggregators=self.pre_aggregators,
             schedule=self.round_schedule(),
             steps_ahead_max=self.steps_ahead_max,
             steps_retained=self.steps_retained,

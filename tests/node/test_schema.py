@@ -51,6 +51,8 @@ def other_value(field: dataclasses.Field[Any], hint: Any, rules: SettingInfo) ->
         return 3 if hint == int | str else "synthetic"  # gradient_rounds; task name
     if isinstance(default, int):
         return default + 1 if rules.maximum is None or default < rules.maximum else default - 1
+    if isinstance(default, tuple):  # a list of names (pre_aggregators)
+        return (*default, rules.choices[-1])
     assert isinstance(default, float)
     if rules.below is not None:
         return (default + rules.below) / 2
