@@ -28,8 +28,9 @@ from node.partition import partition
 from node.tasks import load_task
 from node.trainer import Trainer
 from protocol.aggregate import trimmed_mean
-from sim.engine import PURPOSE_PARTITION, PURPOSE_TASK, PURPOSE_TRAINER, run_scenario, stream_seed
+from sim.engine import run_scenario
 from sim.scenario import Scenario, resolve_scenario
+from sim.streams import PURPOSE_PARTITION, PURPOSE_TASK, PURPOSE_TRAINER, stream_seed
 
 GOAL_BROADCAST_S = 10.0
 GOAL_VS_SERVER = 8.0

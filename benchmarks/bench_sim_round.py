@@ -46,9 +46,10 @@ from protocol.messages import InstanceId, Phase
 from protocol.step import EVERYONE, Broadcast, Decided, Step
 from sim.adapters import BroadcastClassifier
 from sim.broadcast_model import BroadcastModel
-from sim.engine import CLOCK_LAG_MAX_S, roster_keys, signing_seed
+from sim.engine import CLOCK_LAG_MAX_S
 from sim.network import VirtualNetwork
 from sim.schedulers import DefaultScheduler
+from sim.streams import roster_keys, signing_seed
 
 SIZES = (16, 31, 64, 128, 256)
 DIM = 10_000

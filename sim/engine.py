@@ -23,15 +23,13 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Final
 
-import blake3
-import nacl.signing
 import numpy as np
 import trio
 import trio.testing
 
 from node.partition import partition
 from node.runner import Learner, Runner, RunnerHooks, StepRecord
-from node.tasks import derive_seed, load_task
+from node.tasks import load_task
 from node.trainer import Trainer
 from protocol.agreement import VectorMemo
 from protocol.codec import SharedDecoder
@@ -47,15 +45,19 @@ from sim.progress import Progress, ProgressSnapshot
 from sim.scenario import FIDELITY_BROADCAST, MODE_SERVER, Scenario, ScenarioError
 from sim.schedulers import load_scheduler
 from sim.strategies import Strategy, StrategyContext, load_strategy, strategy_rng
+from sim.streams import (
+    PURPOSE_MODELLED_BROADCAST,
+    PURPOSE_NETWORK,
+    PURPOSE_PARTITION,
+    PURPOSE_TASK,
+    PURPOSE_TRAINER,
+    roster_keys,
+    session_id,
+    signing_seed,
+    stream_seed,
+)
 from sim.summary import RunOutcome, Summary, build_summary
 
-# Purposes keying the streams derived from the scenario seed (DESIGN 6, rule 1).
-PURPOSE_TASK: Final = 1
-PURPOSE_PARTITION: Final = 2
-PURPOSE_TRAINER: Final = 3
-PURPOSE_NETWORK: Final = 4
-PURPOSE_KEYS: Final = 5
-PURPOSE_MODELLED_BROADCAST: Final = 6
 #: lets ``trio.current_time()`` trail the network by up to 1 s: one trio sleep (some
 #: 100 us of trio's scheduling) per second of virtual time instead of one per event
 #: (sim/network.py, ``VirtualNetwork.run``). Nothing in a simulation reads trio's clock:
@@ -63,31 +65,6 @@ PURPOSE_MODELLED_BROADCAST: Final = 6
 CLOCK_LAG_MAX_S: Final = 1.0
 #: Byzantine runners evaluate only after their last step: their accuracy is not reported
 _NEVER: Final = 2**62
-
-
-def stream_seed(seed: int, purpose: int, *ids: int) -> int:
-    """The 64-bit seed of the stream ``(purpose, *ids)`` of a scenario seeded ``seed``."""
-    return derive_seed(seed, purpose, *ids)
-
-
-def signing_seed(seed: int, node: int) -> bytes:
-    """Node ``node``'s deterministic Ed25519 seed (32 bytes) in a run seeded ``seed``."""
-    state = np.random.SeedSequence([seed, PURPOSE_KEYS, node]).generate_state(8, dtype=np.uint32)
-    return state.astype("<u4").tobytes()
-
-
-def roster_keys(seed: int, n: int) -> list[bytes]:
-    """Every node's public key: what an offline verifier of evidence needs."""
-    return [bytes(nacl.signing.SigningKey(signing_seed(seed, i)).verify_key) for i in range(n)]
-
-
-def session_id(scenario: Scenario, seed: int, public_keys: list[bytes]) -> bytes:
-    """The run's 32-byte session id: a digest of its roster (DESIGN 3) and seed."""
-    hasher = blake3.blake3(b"jungle/sim/v1\x00")
-    hasher.update(f"{scenario.name}\x00{seed}\x00{scenario.n}\x00{scenario.f}\x00".encode())
-    for key in public_keys:
-        hasher.update(key)
-    return hasher.digest(32)
 
 
 class Simulation:

@@ -31,9 +31,9 @@ import blake3
 from node.roster import Roster, assemble_roster, dump_roster, public_key_b64_of
 from node.schema import to_table
 from sim.delays import Constant, Exponential, LogNormal, Uniform
-from sim.engine import roster_keys, signing_seed
 from sim.scenario import FIDELITY_FULL, Scenario, StrategySpec
 from sim.schedulers import DefaultScheduler, load_scheduler
+from sim.streams import roster_keys, signing_seed
 
 LOOPBACK_HOST: Final = "127.0.0.1"
 #: every node's checkpoint and journal, under the process folder

@@ -41,27 +41,21 @@ from node.partition import partition
 from node.runner import StepRecord
 from node.tasks import load_task
 from node.trainer import Trainer
-from protocol import aggregate
+from protocol._vectors import pairwise_distances
+from protocol.aggregate import Aggregator, compose
 from protocol.crypto import UnsignedScheme
 from protocol.messages import Phase
 from protocol.step import Fault, FaultKind
+from sim.determinism import pin as pin_determinism
 from sim.metrics import MetricsLog, RoundMeasure, finite_or_none
 from sim.progress import Progress, ProgressSnapshot
 from sim.scenario import Scenario, strategy_label
 from sim.strategies import Strategy, StrategyContext, load_strategy, strategy_rng
+from sim.streams import PURPOSE_PARTITION, PURPOSE_TASK, PURPOSE_TRAINER, session_id, stream_seed
 from sim.summary import Summary
 
 #: the server's aggregate is the "decision" of the step's one gradient round
 _ROUND: Final = 0
-
-
-def _aggregator(scenario: Scenario) -> aggregate.Aggregator:
-    compose = getattr(aggregate, "compose", None)
-    pre = tuple(getattr(scenario.protocol, "pre_aggregators", ()))
-    if compose is not None:
-        rule: aggregate.Aggregator = compose(scenario.protocol.aggregator, pre)
-        return rule
-    return aggregate.get_aggregator(scenario.protocol.aggregator)
 
 
 class ServerRun:
@@ -70,14 +64,7 @@ class ServerRun:
     def __init__(
         self, scenario: Scenario, out_dir: Path | None = None, progress: Progress | None = None
     ) -> None:
-        from sim.engine import (
-            PURPOSE_PARTITION,
-            PURPOSE_TASK,
-            PURPOSE_TRAINER,
-            session_id,
-            stream_seed,
-        )
-
+        pin_determinism()
         self.scenario = scenario
         seed = scenario.seed
         self.honest = scenario.honest_nodes()
@@ -136,11 +123,13 @@ class ServerRun:
                     num_classes=self.task.num_classes,
                     honest=frozenset(self.honest),
                     aggregator=scenario.protocol.aggregator,
-                    pre_aggregators=tuple(getattr(scenario.protocol, "pre_aggregators", ())),
+                    pre_aggregators=tuple(scenario.protocol.pre_aggregators),
                     flipped_gradients=self._flipped_gradients,
                 )
             )
-        self.aggregate = _aggregator(scenario)
+        self.aggregate: Aggregator = compose(
+            scenario.protocol.aggregator, tuple(scenario.protocol.pre_aggregators)
+        )
         self.log = MetricsLog(out_dir, self.honest)
         self.rounds: list[RoundMeasure] = []
         self.errors: list[dict[str, float | int | None]] = []
@@ -212,7 +201,7 @@ class ServerRun:
 
     def _measure(self, step: int, aggregated: np.ndarray) -> None:
         honest = np.stack([self._honest_now[node] for node in self.honest]).astype(np.float64)
-        diameter = float(aggregate.pairwise_distances(honest).max(initial=0.0))
+        diameter = float(pairwise_distances(honest).max(initial=0.0))
         self.rounds.append(RoundMeasure(step, Phase.GRADIENT, _ROUND, diameter, len(honest), 0, 0))
         error = (
             float(np.linalg.norm(aggregated - honest.mean(axis=0))) / diameter

@@ -140,7 +140,7 @@ class StrategyContext:
             num_classes=num_classes,
             can_wait=can_wait,
             aggregator=config.aggregator,
-            pre_aggregators=tuple(getattr(config, "pre_aggregators", ())),
+            pre_aggregators=tuple(config.pre_aggregators),
             flipped_gradients=flipped_gradients,
             honest_expected=honest_expected,
         )

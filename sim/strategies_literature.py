@@ -33,6 +33,7 @@ their own definitions; each docstring says how it differs from the one here.
 from __future__ import annotations
 
 import functools
+import hashlib
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -245,11 +246,38 @@ class _OptimalAttack(VectorAttack):
 
     def attack(self, step: int, phase: int, round_: int, vector: np.ndarray) -> np.ndarray:
         rows = self.reference(step, phase, round_, vector)
-        return np.asarray(self.base(rows, self.best_tau(rows)), dtype=vector.dtype)
+        ctx = self.ctx
+        # Every attacker of a coalition searches the same rows for the same rule: search
+        # once (the memo is keyed by everything the search reads, so a hit changes nothing)
+        key = (
+            type(self),
+            self.evals,
+            self.start,
+            self.delta,
+            self.ratio,
+            ctx.aggregator,
+            ctx.pre_aggregators,
+            ctx.f,
+            byzantine_copies(ctx),
+            rows.shape,
+            hashlib.blake2b(np.ascontiguousarray(rows).data, digest_size=16).digest(),
+        )
+        tau = _SEARCHED.get(key)
+        if tau is None:
+            tau = self.best_tau(rows)
+            if len(_SEARCHED) >= _SEARCHED_MAX:
+                del _SEARCHED[next(iter(_SEARCHED))]
+            _SEARCHED[key] = tau
+        return np.asarray(self.base(rows, tau), dtype=vector.dtype)
 
     def base(self, rows: np.ndarray, tau: float) -> np.ndarray:
         """The attack whose factor is searched: (honest rows, tau) -> vector."""
         raise NotImplementedError
+
+
+#: the factors the optimal attacks found lately, by everything their search reads
+_SEARCHED: dict[tuple[object, ...], float] = {}
+_SEARCHED_MAX = 16
 
 
 @dataclass(kw_only=True)

@@ -24,11 +24,11 @@ from protocol.crypto import EquivocationProof
 from protocol.messages import InstanceId, Tag
 from sim.cli import main
 from sim.delays import LogNormal, keyed_uniform
-from sim.engine import roster_keys
 from sim.process_mode import NodeProcesses, run_process_mode, run_processes
 from sim.process_report import build_summary, print_failures
 from sim.process_setup import toml_document, write_setup
 from sim.scenario import Scenario
+from sim.streams import roster_keys
 
 REQUIRED_SUMMARY_KEYS = {
     "scenario", "seed", "n", "f", "honest", "byzantine", "steps", "agreement_rounds",

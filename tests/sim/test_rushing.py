@@ -73,9 +73,7 @@ def test_a_rushing_attacker_sees_every_honest_vector_before_it_sends(
 
 
 @pytest.mark.parametrize("fidelity", ["full", "broadcast"])
-def test_quorum_waits_for_n_minus_2f_and_none_does_not_wait(
-    fidelity: str, seen: list[int]
-) -> None:
+def test_quorum_waits_for_n_minus_2f_and_none_does_not_wait(fidelity: str, seen: list[int]) -> None:
     summary = run_scenario(scenario(fidelity, "quorum"), None, seed=3, progress=False)
     assert summary.completed, f"seed 3: {summary.stop_reason}"
     assert seen and min(seen) >= 7 - 2 * 2, f"seed 3: saw {sorted(set(seen))}"

@@ -121,7 +121,7 @@ def test_the_cli_runs_a_scenario_in_server_mode(tmp_path: Path) -> None:
     scenario = tmp_path / "s.toml"
     scenario.write_text(
         'name = "s"\nn = 4\nf = 1\nsteps = 3\ntask = "synthetic"\neval_every = 1\n'
-        "[protocol]\ncrypto = false\n[byzantine]\nnodes = [3]\nstrategy = \"sign_flip\"\n",
+        '[protocol]\ncrypto = false\n[byzantine]\nnodes = [3]\nstrategy = "sign_flip"\n',
         encoding="utf-8",
     )
     out = tmp_path / "out"
