@@ -82,6 +82,7 @@ def run_cell(cell: dict[str, Any]) -> dict[str, Any]:
         "byzantine.nodes": list(range(10 - f, 10)),
         "byzantine.per_node": {},
         "byzantine.strategy": cell["attack"],
+        **cell["extra"],
     }
     scenario = Scenario.from_toml(resolve_scenario("default")).with_values(values)
     started = time.perf_counter()
@@ -132,6 +133,7 @@ def _cell(
     steps: int,
     f: int = 3,
     alpha: float = 0.5,
+    extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     mode, aggregator, pre = config
     return {
@@ -143,6 +145,7 @@ def _cell(
         "steps": steps,
         "f": f,
         "alpha": alpha,
+        "extra": dict(extra or {}),
     }
 
 
