@@ -1,7 +1,7 @@
 """Each aggregator inside averaging agreement: does it keep validity, how fast does it contract?
 
-For every rule of protocol.aggregate.AGGREGATORS, and for trimmed_mean and krum after nnm, at
-n = 10, f = 3 (a rule whose resilience condition refuses that runs at the smallest n it
+For every rule of protocol.aggregate.AGGREGATORS, and for trimmed_mean, median and krum after
+nnm, at n = 10, f = 3 (a rule whose resilience condition refuses that runs at the smallest n it
 admits, with fewer seeds: seeds·10/n; centered clipping also at n = 10, f = 1, which its
 condition admits), over seeded schedules (tests/cluster.py, no network) of two kinds: random
 per-link delays, and "split halves" (benchmarks/bench_agreement.py: vectors crossing between
@@ -69,7 +69,11 @@ def systems() -> list[tuple[str, tuple[str, ...], int | None, int]]:
     measured: list[tuple[str, tuple[str, ...], int | None, int]] = [
         (name, (), None, F) for name in AGGREGATORS
     ]
-    measured += [("trimmed_mean", ("nnm",), None, F), ("krum", ("nnm",), None, F)]
+    measured += [
+        ("trimmed_mean", ("nnm",), None, F),
+        ("median", ("nnm",), None, F),
+        ("krum", ("nnm",), None, F),
+    ]
     measured.append(("centered_clipping", (), N, 1))
     return measured
 
