@@ -38,7 +38,7 @@ def scenario(fidelity: str, **values: Any) -> Scenario:
         "protocol": {"crypto": False},
         "partition": {"scheme": "dirichlet", "alpha": 0.5},
         "network": NETWORK,
-        "byzantine": {"nodes": [7, 8, 9], "strategy": "alie"},
+        "byzantine": {"nodes": [7, 8, 9], "strategy": {"name": "alie", "wait_for": "none"}},
     }
     return Scenario.from_dict(base).with_values(values)
 
@@ -76,6 +76,27 @@ def test_the_fidelities_agree_statistically() -> None:
     assert modelled["virtual_s"] == pytest.approx(full["virtual_s"], rel=0.08), seen
     # what is left are the control messages (each node's Finished announcement)
     assert modelled["messages"] < full["messages"] / 1000, seen
+
+
+@pytest.mark.slow
+def test_the_fidelities_agree_on_learning_under_a_rushing_attacker() -> None:
+    """A rushing ALIE sends last, so whether an honest node's set includes it is a race the
+    delivery-time model approximates: the accuracy and the median averaging error agree;
+    the error's tail does not as closely (seeds 0-2: p90 0.29 full, 0.19 broadcast), which
+    docs/simulator.md reports."""
+    rushing = {"byzantine.strategy": {"name": "alie", "wait_for": "all"}}
+    runs = {
+        fidelity: [
+            run_scenario(scenario(fidelity, **rushing), None, seed=s, progress=False)
+            for s in SEEDS
+        ]
+        for fidelity in ("full", "broadcast")
+    }
+    full, modelled = figures(runs["full"]), figures(runs["broadcast"])
+    seen = f"seeds {SEEDS}: full {full}, broadcast {modelled}"
+    assert abs(full["accuracy"] - modelled["accuracy"]) < 0.03, seen
+    assert modelled["error_median"] == pytest.approx(full["error_median"], rel=0.15), seen
+    assert modelled["virtual_s"] == pytest.approx(full["virtual_s"], rel=0.08), seen
 
 
 def test_broadcast_fidelity_runs_are_a_function_of_their_seed() -> None:
