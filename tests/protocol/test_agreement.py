@@ -66,6 +66,40 @@ def test_diameter_shrinks_and_outputs_stay_in_the_honest_range(n: int, f: int) -
         assert cluster.accused() <= set(cluster.byzantine), seed
 
 
+@pytest.mark.parametrize("extreme", [1e6, -1e6])
+@pytest.mark.parametrize(("n", "f"), SYSTEMS)
+def test_f_byzantine_vectors_at_one_extreme_are_all_trimmed(n: int, f: int, extreme: float) -> None:
+    """All f Byzantine nodes on one side, none equivocating: a node that holds all their
+    vectors (most do, in most rounds) keeps the honest range only if it trims f values
+    per side, not f-1 (the alternating attack above puts at most f-1 on a side)."""
+    rounds = 3
+    for seed in range(3):
+        rng = np.random.default_rng(seed)
+        byzantine = sorted(random.Random(seed).sample(range(n), f))
+        cluster = Cluster(
+            n,
+            f,
+            dim=6,
+            adversary=RandomDelays(seed),
+            behaviours={i: fixed_value(extreme) for i in byzantine},
+            schedule=schedule(rounds),
+        )
+        inputs = rng.standard_normal((n, 6)).astype(np.float32) * 10
+        cluster.propose(0, 0, {i: inputs[i] for i in range(n)})
+        cluster.run()
+        honest_inputs = inputs[cluster.honest]
+        lo, hi = honest_inputs.min(axis=0), honest_inputs.max(axis=0)
+        held_all = 0
+        for i in cluster.honest:
+            node = cluster.nodes[i]
+            agreement = node.core.agreement(0, 0)
+            assert agreement is not None
+            held_all += sum(set(byzantine) <= set(agreement.held(r)) for r in range(rounds))
+            for vector in [*node.rounds[(0, 0)], node.decided[(0, 0)]]:
+                assert np.all(vector >= lo) and np.all(vector <= hi), (n, f, extreme, seed)
+        assert held_all > 0, f"seed {seed}: no honest node ever held every Byzantine vector"
+
+
 def test_every_bad_vector_is_dropped_identically_and_accused() -> None:
     n, f = 7, 2
     behaviours = {5: behaviour_by_name("wrong_length", 5), 6: behaviour_by_name("non_finite", 6)}

@@ -11,17 +11,21 @@ import io
 import json
 import math
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+import trio
+import trio.testing
 
 from protocol.crypto import EquivocationProof
 from protocol.messages import InstanceId, Tag
 from sim.adapters import DivergenceGuard
 from sim.cli import main
-from sim.engine import run_scenario
+from sim.endpoint import VirtualTransportStatistics
+from sim.engine import Simulation, run_scenario
 from sim.metrics import RoundBook
 from sim.progress import Progress, ProgressSnapshot
 from sim.scenario import Scenario
@@ -161,10 +165,92 @@ def test_a_run_that_cannot_finish_in_time_is_reported_incomplete() -> None:
     assert summary.virtual_seconds == pytest.approx(0.05)
 
 
-def test_a_crashing_byzantine_node_stops_and_the_rest_finish() -> None:
-    scenario = tiny(**{"byzantine.strategy": {"name": "crash", "at_step": 1}})
-    summary = run_scenario(scenario, None, seed=4, progress=False)
-    assert summary.completed, "seed 4"
+@dataclass
+class CrashWatch:
+    """What a node had sent and received when its strategy first said it had crashed:
+    the moment the engine must stop it."""
+
+    step: int | None = None
+    at_crash: VirtualTransportStatistics | None = None
+    #: messages (or modelled deliveries) its runner had taken in by then
+    taken_in: int = -1
+
+
+def run_with_crash_watch(scenario: Scenario, node: int) -> tuple[Simulation, CrashWatch]:
+    """Run ``scenario`` as run_scenario does, noting ``node``'s transport counters the
+    first time its strategy's ``crashed`` says yes (which the engine asks at the node's
+    step ends, and before starting it)."""
+    simulation = Simulation(scenario)
+    strategy = simulation.strategies[node]
+    endpoint = simulation.network.endpoint(node)
+    runner = simulation.runners[node]
+    watch = CrashWatch()
+    says = strategy.crashed
+
+    def crashed(step: int) -> bool:
+        if says(step) and watch.at_crash is None:
+            watch.step, watch.at_crash = step, endpoint.statistics()
+            watch.taken_in = runner.statistics().messages_in
+        return says(step)
+
+    strategy.crashed = crashed  # type: ignore[method-assign]
+    try:
+        outcome = trio.run(simulation.run, clock=trio.testing.MockClock(autojump_threshold=0))
+    finally:
+        simulation.log.close()
+    assert outcome.completed, f"seed {scenario.seed}: {outcome.reason}"
+    return simulation, watch
+
+
+def assert_stopped_at_its_crash(simulation: Simulation, node: int, watch: CrashWatch) -> None:
+    """The crashed node neither sends nor receives anything after its crash (messages,
+    or modelled broadcasts and votes, which count in bytes_sent), its runner is stopped
+    where it crashed, messages for it are discarded, and every honest node finishes."""
+    seed, steps = simulation.scenario.seed, simulation.scenario.steps
+    assert watch.at_crash is not None and watch.step is not None, f"seed {seed}: no crash"
+    after = simulation.network.endpoint(node).statistics()
+    assert after.messages_sent == watch.at_crash.messages_sent, f"seed {seed}: sent after crash"
+    assert after.bytes_sent == watch.at_crash.bytes_sent, f"seed {seed}: sent after crash"
+    assert after.messages_received == watch.at_crash.messages_received, f"seed {seed}"
+    assert after.messages_sent_by_kind.get("finished", 0) == 0, f"seed {seed}"
+    runner = simulation.runners[node]
+    assert runner.statistics().messages_in == watch.taken_in, f"seed {seed}: taken in"
+    assert runner.stopped and runner.step == watch.step < steps, f"seed {seed}: {runner.step}"
+    assert simulation.network.statistics().messages_discarded > 0, f"seed {seed}"
+    assert node not in simulation._voters(), f"seed {seed}: the crashed node still votes"
+    assert all(simulation.runners[i].step == steps for i in simulation.honest), f"seed {seed}"
+
+
+@pytest.mark.parametrize("fidelity", ["full", "broadcast"])
+def test_a_crashing_byzantine_node_stops_and_the_rest_finish(fidelity: str) -> None:
+    """Crash at step 1 of 3. The strategy itself goes quiet then (its outgoing filter),
+    but only the engine's crash stops the runner, discards what reaches it, ends its
+    modelled broadcasts and votes, and keeps it from finishing and saying so."""
+    values = {"byzantine.strategy": {"name": "crash", "at_step": 1}, "fidelity": fidelity}
+    scenario = tiny(**values).with_seed(4)
+    simulation, watch = run_with_crash_watch(scenario, 3)
+    assert watch.step == 1, "seed 4"
+    assert watch.at_crash is not None and watch.at_crash.bytes_sent > 0, "seed 4"
+    assert watch.taken_in > 0, "seed 4"  # it took part in step 0
+    assert_stopped_at_its_crash(simulation, 3, watch)
+
+
+@pytest.mark.parametrize("fidelity", ["full", "broadcast"])
+def test_a_node_crashed_from_the_start_never_sends_or_receives(fidelity: str) -> None:
+    values = {"byzantine.strategy": {"name": "crash", "at_step": 0}, "fidelity": fidelity}
+    scenario = tiny(**values).with_seed(9)
+    simulation, watch = run_with_crash_watch(scenario, 3)
+    assert watch.step == 0 and watch.at_crash is not None, "seed 9"
+    assert watch.at_crash.messages_sent == watch.taken_in == 0, "seed 9"
+    assert_stopped_at_its_crash(simulation, 3, watch)
+    assert not simulation.runners[3].started, "seed 9"
+
+
+def test_a_node_crashed_from_the_start_casts_no_modelled_vote() -> None:
+    values = {"byzantine.strategy": {"name": "crash", "at_step": 0}, "fidelity": "broadcast"}
+    scenario = tiny(**values).with_seed(9)
+    simulation, _ = run_with_crash_watch(scenario, 3)
+    assert simulation.network.endpoint(3).statistics().bytes_sent == 0, "seed 9"
 
 
 def test_a_collapsing_model_is_reported_not_raised() -> None:
