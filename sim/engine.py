@@ -373,10 +373,13 @@ class Simulation:
 
     async def run(self) -> RunOutcome:
         scenario = self.scenario
-        for node, runner in enumerate(self.runners):
-            strategy = self.strategies.get(node)
-            if strategy is not None and strategy.crashed(0):
+        # crash the nodes crashed from the start before any node starts: the first
+        # broadcasts must not count them among their voters
+        for node, strategy in sorted(self.strategies.items()):
+            if strategy.crashed(0):
                 self._crash(node)
+        for node, runner in enumerate(self.runners):
+            if runner.stopped:
                 continue
             self.network.call_every(node, scenario.tick_interval_s, self._ticker(node))
             runner.start()

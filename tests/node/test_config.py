@@ -215,8 +215,8 @@ def test_every_bad_value_is_reported_in_one_go(tmp_path: Path) -> None:
         "[node] log_level: expected one of DEBUG, INFO, WARNING, ERROR, got 'LOUD'",
         "[node] listen: address 'nowhere' has no port",
         "[node] part: part 4 does not exist: parts = 4",
-        "[protocol] aggregator: expected one of centered_clipping, geometric_median, krum, mda, mean, "
-        "median, monna, multi_krum, trimmed_mean, got 'average'",
+        "[protocol] aggregator: expected one of centered_clipping, geometric_median, krum, mda, "
+        "mean, median, monna, multi_krum, trimmed_mean, got 'average'",
         "[protocol] gradient_rounds: expected one of log2, got 'sometimes'",
         "[partition] scheme: expected one of iid, dirichlet, shards, got 'random'",
         "[partition] alpha: must be > 0, got 0.0",
