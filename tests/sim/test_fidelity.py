@@ -87,8 +87,7 @@ def test_the_fidelities_agree_on_learning_under_a_rushing_attacker() -> None:
     rushing = {"byzantine.strategy": {"name": "alie", "wait_for": "all"}}
     runs = {
         fidelity: [
-            run_scenario(scenario(fidelity, **rushing), None, seed=s, progress=False)
-            for s in SEEDS
+            run_scenario(scenario(fidelity, **rushing), None, seed=s, progress=False) for s in SEEDS
         ]
         for fidelity in ("full", "broadcast")
     }
