@@ -376,9 +376,8 @@ MUTANTS: list[Mutant] = [
         "engine-crash-at-start-skipped",
         "crash",
         "sim/engine.py",
-        "            if strategy is not None and strategy.crashed(0):\n"
-        "                self._crash(node)\n",
-        "            if strategy is not None and strategy.crashed(0):\n",
+        "            if strategy.crashed(0):\n                self._crash(node)\n",
+        "            if strategy.crashed(0):\n                self.runners[node].stop()\n",
         "a node crashed from step 0 is just not started, not crashed",
     ),
     Mutant(
