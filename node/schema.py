@@ -207,13 +207,18 @@ def _is_required(field: dataclasses.Field[Any]) -> bool:
 
 
 def to_table(settings: Any) -> dict[str, Any]:
-    """A settings dataclass as a TOML-ready table (paths as strings; None left out)."""
-    table = {}
+    """A settings dataclass as a TOML-ready table (paths as strings, tuples as lists, as
+    TOML reads them back; None left out)."""
+    table: dict[str, Any] = {}
     for field in settings_fields(settings):
         value = getattr(settings, field.name)
         if value is None:
             continue
-        table[field.name] = str(value) if isinstance(value, Path) else value
+        if isinstance(value, Path):
+            value = str(value)
+        elif isinstance(value, tuple):
+            value = list(value)
+        table[field.name] = value
     return table
 
 

@@ -170,6 +170,8 @@ class ProtocolSettings:
     )
 
     def __post_init__(self) -> None:
+        if isinstance(self.pre_aggregators, list):  # as a TOML table or JSON gives it
+            object.__setattr__(self, "pre_aggregators", tuple(self.pre_aggregators))
         problems = field_problems(self)
         if not problems:  # cross-field rules, once every field is sound
             if isinstance(self.gradient_rounds, int) and self.gradient_rounds > self.rounds_max:
