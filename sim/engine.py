@@ -19,7 +19,6 @@ import logging
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import replace
 from pathlib import Path
 from typing import Final
 
@@ -27,9 +26,7 @@ import numpy as np
 import trio
 import trio.testing
 
-from node.partition import partition
-from node.runner import Learner, Runner, RunnerHooks, StepRecord
-from node.tasks import load_task
+from node.runner import Runner, RunnerHooks, StepRecord
 from node.trainer import Trainer
 from protocol.agreement import VectorMemo
 from protocol.codec import SharedDecoder
@@ -48,13 +45,12 @@ from sim.strategies import Strategy, StrategyContext, load_strategy, strategy_rn
 from sim.streams import (
     PURPOSE_MODELLED_BROADCAST,
     PURPOSE_NETWORK,
-    PURPOSE_PARTITION,
-    PURPOSE_TASK,
-    PURPOSE_TRAINER,
+    node_trainer,
     roster_keys,
     session_id,
     signing_seed,
     stream_seed,
+    task_and_parts,
 )
 from sim.summary import RunOutcome, Summary, build_summary
 
@@ -79,16 +75,7 @@ class Simulation:
         n = scenario.n
         self.honest = scenario.honest_nodes()
         self.byzantine = scenario.byzantine_strategies()
-        self.task = load_task(scenario.task.name, stream_seed(seed, PURPOSE_TASK))
-        spec = scenario.partition
-        self.parts = partition(
-            self.task.train.y.numpy(),
-            n,
-            spec.scheme,
-            stream_seed(seed, PURPOSE_PARTITION),
-            alpha=spec.alpha,
-            shards_per_node=spec.shards_per_node,
-        )
+        self.task, self.parts = task_and_parts(scenario)
         scheduler = load_scheduler(scenario.network.scheduler, scenario.network.params)
         self.network = VirtualNetwork(
             n, stream_seed(seed, PURPOSE_NETWORK), scheduler, BroadcastClassifier()
@@ -111,9 +98,10 @@ class Simulation:
         #: label-flipped honest gradients by step, then node (ByzFL's label flipping), kept
         #: only while a strategy asks for them
         self._flipped: dict[int, dict[int, np.ndarray]] = {}
-        self._wants_flipped = any(
-            load_strategy(spec).uses_flipped_gradients for spec in self.byzantine.values()
-        )
+        self.strategies: dict[int, Strategy] = {
+            node: load_strategy(spec) for node, spec in sorted(self.byzantine.items())
+        }
+        self._wants_flipped = any(s.uses_flipped_gradients for s in self.strategies.values())
         #: Byzantine runners whose strategy may hold a round back (rushing), woken when an
         #: honest node enters a round
         self._rushing: list[Runner] = []
@@ -123,7 +111,6 @@ class Simulation:
         self._honest_set = frozenset(self.honest)
         self.runners: list[Runner] = []
         self.learners: list[DivergenceGuard] = []
-        self.strategies: dict[int, Strategy] = {}
         self._decoder: SharedDecoder | None = None  # one memo of decoded messages for all
         self._vector_memo = VectorMemo()  # and of validated vectors
         for node in range(n):
@@ -144,28 +131,15 @@ class Simulation:
 
     def _build_node(self, node: int) -> Runner:
         scenario = self.scenario
-        spec = self.byzantine.get(node)
-        strategy = None
-        label_map = None
-        if spec is not None:
-            strategy = load_strategy(spec)
-            label_map = strategy.label_map(self.task.num_classes)
-            self.strategies[node] = strategy
-        # many trainers share this process: one torch thread each avoids oversubscription
-        training = replace(scenario.training, torch_threads=1)
-        trainer = Trainer(
-            self.task,
-            self.parts[node],
-            training,
-            node_seed=node,
-            label_map=label_map,
-            seed=stream_seed(scenario.seed, PURPOSE_TRAINER),
+        strategy = self.strategies.get(node)
+        label_map = None if strategy is None else strategy.label_map(self.task.num_classes)
+        trainer = node_trainer(scenario, self.task, self.parts[node], node, label_map)
+        learner = (
+            _FlippedGradientRecorder(trainer, node, self._flipped)
+            if strategy is None and self._wants_flipped
+            else DivergenceGuard(trainer)
         )
-        guard = DivergenceGuard(trainer)
-        self.learners.append(guard)
-        learner: Learner = guard
-        if spec is None and self._wants_flipped:
-            learner = _FlippedGradientRecorder(guard, trainer, node, self._flipped)
+        self.learners.append(learner)
         scheme = self._scheme(node)
         core_config = scenario.protocol.config(
             n=scenario.n,
@@ -398,49 +372,24 @@ class Simulation:
         return RunOutcome(completed, result.reason.value, result.now_s)
 
 
-class _FlippedGradientRecorder:
-    """An honest learner that also records, at each step, its gradient on the same batch
-    with every label flipped: what ByzFL's label-flipping attackers average (they read it
-    through ``StrategyContext.flipped_gradients``). The honest computation is untouched."""
+class _FlippedGradientRecorder(DivergenceGuard):
+    """An honest node's guarded learner that also records, at each step, its gradient on
+    the same batch with every label flipped: what ByzFL's label-flipping attackers average
+    (they read it through ``StrategyContext.flipped_gradients``). The honest computation
+    is untouched."""
 
-    def __init__(
-        self,
-        learner: DivergenceGuard,
-        trainer: Trainer,
-        node: int,
-        book: dict[int, dict[int, np.ndarray]],
-    ) -> None:
-        self._learner = learner
+    def __init__(self, trainer: Trainer, node: int, book: dict[int, dict[int, np.ndarray]]) -> None:
+        super().__init__(trainer)
         self._trainer = trainer
         self._node = node
         self._book = book
         self.step_of: Callable[[], int] = lambda: 0
 
     def gradient(self) -> np.ndarray:
-        gradient = self._learner.gradient()
+        gradient = super().gradient()
         flipped = self._trainer.flipped_gradient()
         self._book.setdefault(self.step_of(), {})[self._node] = flipped
         return gradient
-
-    @property
-    def dim(self) -> int:
-        return self._learner.dim
-
-    @property
-    def train_loss(self) -> float:
-        return self._learner.train_loss
-
-    def apply_gradient(self, vec: np.ndarray) -> None:
-        self._learner.apply_gradient(vec)
-
-    def parameters(self) -> np.ndarray:
-        return self._learner.parameters()
-
-    def set_parameters(self, vec: np.ndarray) -> None:
-        self._learner.set_parameters(vec)
-
-    def evaluate(self) -> tuple[float, float]:
-        return self._learner.evaluate()
 
 
 @contextlib.contextmanager

@@ -29,7 +29,6 @@ import math
 import statistics
 import time
 from collections.abc import Mapping
-from dataclasses import replace
 from pathlib import Path
 from typing import Final
 
@@ -37,9 +36,7 @@ import blake3
 import numpy as np
 
 from node.divergence import DivergenceGuard
-from node.partition import partition
 from node.runner import StepRecord
-from node.tasks import load_task
 from node.trainer import Trainer
 from protocol._vectors import pairwise_distances
 from protocol.aggregate import Aggregator, compose
@@ -51,8 +48,8 @@ from sim.metrics import MetricsLog, RoundMeasure, finite_or_none
 from sim.progress import Progress, ProgressSnapshot
 from sim.scenario import Scenario, strategy_label
 from sim.strategies import Strategy, StrategyContext, load_strategy, strategy_rng
-from sim.streams import PURPOSE_PARTITION, PURPOSE_TASK, PURPOSE_TRAINER, session_id, stream_seed
-from sim.summary import Summary
+from sim.streams import node_trainer, session_id, task_and_parts
+from sim.summary import Summary, diameter_rows
 
 #: the server's aggregate is the "decision" of the step's one gradient round
 _ROUND: Final = 0
@@ -69,35 +66,16 @@ class ServerRun:
         seed = scenario.seed
         self.honest = scenario.honest_nodes()
         self.byzantine = scenario.byzantine_strategies()
-        self.task = load_task(scenario.task.name, stream_seed(seed, PURPOSE_TASK))
-        spec = scenario.partition
-        parts = partition(
-            self.task.train.y.numpy(),
-            scenario.n,
-            spec.scheme,
-            stream_seed(seed, PURPOSE_PARTITION),
-            alpha=spec.alpha,
-            shards_per_node=spec.shards_per_node,
-        )
-        self.strategies: dict[int, Strategy] = {}
+        self.task, parts = task_and_parts(scenario)
+        self.strategies: dict[int, Strategy] = {
+            node: load_strategy(spec) for node, spec in sorted(self.byzantine.items())
+        }
         self.trainers: dict[int, Trainer] = {}
         self.learners: dict[int, DivergenceGuard] = {}
-        training = replace(scenario.training, torch_threads=1)
         for node in range(scenario.n):
-            label_map = None
-            node_spec = self.byzantine.get(node)
-            if node_spec is not None:
-                strategy = load_strategy(node_spec)
-                label_map = strategy.label_map(self.task.num_classes)
-                self.strategies[node] = strategy
-            trainer = Trainer(
-                self.task,
-                parts[node],
-                training,
-                node_seed=node,
-                label_map=label_map,
-                seed=stream_seed(seed, PURPOSE_TRAINER),
-            )
+            strategy = self.strategies.get(node)
+            label_map = None if strategy is None else strategy.label_map(self.task.num_classes)
+            trainer = node_trainer(scenario, self.task, parts[node], node, label_map)
             self.trainers[node] = trainer
             self.learners[node] = DivergenceGuard(trainer)
         self.dim = self.trainers[0].dim
@@ -261,16 +239,7 @@ class ServerRun:
             honest_diverged={} if diverged is None else {n: diverged for n in self.honest},
             honest_accuracy_mean=statistics.fmean(values) if values else math.nan,
             honest_accuracy_min=min(values) if values else math.nan,
-            honest_diameter=[
-                {
-                    "step": m.step,
-                    "phase": m.phase,
-                    "round": m.round,
-                    "diameter": finite_or_none(m.diameter),
-                    "nodes": m.nodes,
-                }
-                for m in self.rounds
-            ],
+            honest_diameter=diameter_rows(self.rounds),
             averaging_error=list(self.errors),
             averaging_error_mean=statistics.fmean(errors) if errors else math.nan,
             averaging_error_max=max(errors) if errors else math.nan,

@@ -1,17 +1,21 @@
 """The random streams of a simulation, each derived from the scenario seed by purpose and
-node id (DESIGN 6, rule 1), and what derives from them: node keys and the session id.
-The decentralized engine (:mod:`sim.engine`) and the centralized reference
-(:mod:`sim.server`) build the same data, trainers and attacks from these."""
+node id (DESIGN 6, rule 1), and what derives from them: node keys, the session id, the
+task with its split and every node's trainer. The decentralized engine (:mod:`sim.engine`)
+and the centralized reference (:mod:`sim.server`) build the same data, trainers and attacks
+from these."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Final
 
 import blake3
 import nacl.signing
 import numpy as np
 
-from node.tasks import derive_seed
+from node.partition import partition
+from node.tasks import Task, derive_seed, load_task
+from node.trainer import Trainer
 from sim.scenario import Scenario
 
 # Purposes keying the streams derived from the scenario seed (DESIGN 6, rule 1).
@@ -46,3 +50,35 @@ def session_id(scenario: Scenario, seed: int, public_keys: list[bytes]) -> bytes
     for key in public_keys:
         hasher.update(key)
     return hasher.digest(32)
+
+
+def task_and_parts(scenario: Scenario) -> tuple[Task, list[np.ndarray]]:
+    """The scenario's task and each node's sample indices (its partition)."""
+    seed = scenario.seed
+    task = load_task(scenario.task.name, stream_seed(seed, PURPOSE_TASK))
+    spec = scenario.partition
+    parts = partition(
+        task.train.y.numpy(),
+        scenario.n,
+        spec.scheme,
+        stream_seed(seed, PURPOSE_PARTITION),
+        alpha=spec.alpha,
+        shards_per_node=spec.shards_per_node,
+    )
+    return task, parts
+
+
+def node_trainer(
+    scenario: Scenario, task: Task, part: np.ndarray, node: int, label_map: np.ndarray | None
+) -> Trainer:
+    """Node ``node``'s trainer over its ``part``, relabelled by ``label_map`` (a Byzantine
+    label flipper's), seeded from the scenario; one torch thread, since many trainers
+    share the process."""
+    return Trainer(
+        task,
+        part,
+        replace(scenario.training, torch_threads=1),
+        node_seed=node,
+        label_map=label_map,
+        seed=stream_seed(scenario.seed, PURPOSE_TRAINER),
+    )

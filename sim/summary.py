@@ -15,7 +15,7 @@ from typing import Any, Protocol
 
 from node.divergence import DivergenceGuard
 from node.runner import Runner
-from sim.metrics import MetricsLog, RoundBook, finite_or_none
+from sim.metrics import MetricsLog, RoundBook, RoundMeasure, finite_or_none
 from sim.network import VirtualNetwork
 from sim.scenario import Scenario, StrategySpec, strategy_label
 
@@ -154,6 +154,20 @@ def _mean_and_max(values: Sequence[float]) -> tuple[float, float]:
     return statistics.fmean(finite), max(finite)
 
 
+def diameter_rows(rounds: Sequence[RoundMeasure]) -> list[dict[str, Any]]:
+    """The summary's ``honest_diameter``: one row per measured round, in round order."""
+    return [
+        {
+            "step": m.step,
+            "phase": m.phase,
+            "round": m.round,
+            "diameter": finite_or_none(m.diameter),
+            "nodes": m.nodes,
+        }
+        for m in sorted(rounds, key=lambda m: (m.step, m.phase, m.round))
+    ]
+
+
 def build_summary(
     simulation: SimulationState, outcome: RunOutcome, wall_seconds: float, mode: str
 ) -> Summary:
@@ -186,18 +200,7 @@ def build_summary(
         },
         honest_accuracy_mean=statistics.fmean(values) if values else math.nan,
         honest_accuracy_min=min(values) if values else math.nan,
-        honest_diameter=[
-            {
-                "step": m.step,
-                "phase": m.phase,
-                "round": m.round,
-                "diameter": finite_or_none(m.diameter),
-                "nodes": m.nodes,
-            }
-            for m in sorted(
-                simulation.book.finished_rounds, key=lambda m: (m.step, m.phase, m.round)
-            )
-        ],
+        honest_diameter=diameter_rows(simulation.book.finished_rounds),
         averaging_error=[
             {
                 "step": m.step,
