@@ -352,6 +352,7 @@ class NodeApp:
             step=record.step,
             rounds=rounds,
             train_loss=record.train_loss,
+            batches=record.batches,
             test_loss=record.test_loss,
             test_accuracy=record.test_accuracy,
             bytes_sent=transport_stats.bytes_sent,

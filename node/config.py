@@ -37,7 +37,7 @@ from node.partition import PartitionSettings
 from node.roster import parse_address
 from node.runner import RunSettings
 from node.schema import SettingsReader, Table, read_toml_file, to_table
-from node.training import TaskSettings, TrainingSettings
+from node.training import TRAINING_MOVED, TaskSettings, TrainingSettings
 from node.transport_config import TransportSettings
 from protocol.settings import ProtocolSettings as ProtocolSettings
 from protocol.settings import (
@@ -165,7 +165,8 @@ _MOVED: Final = {
         "partition": "[partition] scheme",
         "alpha": "[partition] alpha",
         "shards_per_node": "[partition] shards_per_node",
-    }
+    },
+    "training": TRAINING_MOVED,
 }
 
 

@@ -43,6 +43,10 @@ class DivergenceGuard:
     def train_loss(self) -> float:
         return self._learner.train_loss
 
+    @property
+    def batches(self) -> int:
+        return self._learner.batches
+
     def gradient(self) -> np.ndarray:
         return self._finite(self._learner.gradient())
 

@@ -98,6 +98,11 @@ class Learner(Protocol):
     @property
     def train_loss(self) -> float: ...
 
+    @property
+    def batches(self) -> int:
+        """Local mini-batches drawn so far (inner steps x batches per gradient per step)."""
+        ...
+
 
 #: Rewrites one outgoing message into the bytes actually sent to ``dst`` (protocol-level
 #: Byzantine strategies in the simulator; honest nodes send ``data`` unchanged).
@@ -117,6 +122,8 @@ class StepRecord:
     bytes_sent: int
     bytes_received: int
     faults: Mapping[str, int]
+    #: local mini-batches this node has drawn by the end of the step (all inner steps)
+    batches: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -494,6 +501,7 @@ class Runner:
                     bytes_sent=stats.bytes_sent,
                     bytes_received=stats.bytes_received,
                     faults=dict(sorted(self._faults_by_kind.items())),
+                    batches=self._learner.batches,
                 )
             )
         if self._hooks.on_step_end is not None:

@@ -7,6 +7,30 @@ The runner drives the paper's LEARN loop (DESIGN 4.3) with four calls per step::
     trainer.apply_gradient(g)               # params -= lr_t * g
     trainer.set_parameters(<agreement on trainer.parameters()>)
 
+**Local steps (DiLoCo).** With ``inner_steps = H > 1`` one step of that loop is an *outer*
+step: :meth:`Trainer.gradient` runs H inner optimiser steps (``inner_optimizer``: the EMA
+momentum SGD below, or AdamW) from the start-of-round model theta_0 on local batches, puts
+theta_0 back, and returns the pseudo-gradient in units of the inner learning rate,
+``v = sum_h d_h`` where ``d_h`` is inner step h's update direction (so the local model was
+``theta_H = theta_0 - lr_t * v``: ``v = (theta_0 - theta_H) / lr_t``, up to float32 rounding
+of the trajectory). The agreement runs on v, and :meth:`Trainer.apply_gradient` is the outer
+optimiser, SGD with Nesterov momentum mu = ``outer_momentum``::
+
+    b = mu * b + v;  theta_0 -= outer_lr * lr_t * (v + mu * b)    # mu = 0: v alone
+
+Expressing v in gradient units is what makes H = 1, outer_lr = 1, mu = 0 *today's loop*,
+bit for bit: v is the momentum gradient and the update is ``lr_t * v`` (tests pin it to the
+digest). The inner optimiser's state (momentum, or AdamW's moments) carries over from one
+outer step to the next, as in DiLoCo (Douillard et al., 2023); the learning-rate schedule
+counts outer steps.
+
+**Device.** ``device = "cuda"`` (or ``"auto"`` on a machine with one) keeps the model, the
+data, the flat buffers and the optimiser state on the GPU; a vector crosses to the CPU once
+when it is handed to the agreement (:meth:`gradient`, :meth:`parameters`) and once back
+(:meth:`apply_gradient`, :meth:`set_parameters`). On the CPU the numpy views below are used
+unchanged. GPU runs are not bit-reproducible across GPU models (and dropout draws from
+torch's CUDA generator, not the private CPU stream).
+
 Everything crosses this boundary as numpy float32 vectors of length :attr:`Trainer.dim`, so
 the protocol never sees torch.
 
@@ -45,8 +69,13 @@ from torch import nn
 from node.tasks import Task, derive_seed
 from node.training import TrainingSettings
 
-#: bumped when the layout of :meth:`Trainer.state_dict` changes
-STATE_FORMAT: Final = 1
+#: bumped when the layout of :meth:`Trainer.state_dict` changes (2: AdamW moments, outer
+#: momentum; format 1 loads with them zero)
+STATE_FORMAT: Final = 2
+#: AdamW's constants (Loshchilov & Hutter's defaults, as torch.optim.AdamW's)
+ADAM_BETA1: Final = 0.9
+ADAM_BETA2: Final = 0.999
+ADAM_EPS: Final = 1e-8
 
 # Purposes keying the per-node random streams (DESIGN 6).
 _PURPOSE_SAMPLER: Final = 1
@@ -57,9 +86,9 @@ _PURPOSE_MODEL_RNG: Final = 2
 class TrainerStatistics:
     """A snapshot of a trainer's counters."""
 
-    #: calls to :meth:`Trainer.apply_gradient`
+    #: calls to :meth:`Trainer.apply_gradient` (outer steps)
     steps: int
-    #: mini-batches drawn for gradients
+    #: mini-batches drawn for gradients (inner_steps x batches_per_gradient per step)
     batches: int
     #: samples held by this node
     samples_local: int
@@ -97,20 +126,35 @@ class Trainer:
 
         self._task = task
         self._config = config
+        self._device = resolve_device(config.device)
+        device = self._device
         index_tensor = torch.from_numpy(indices)
-        self._x = task.train.X[index_tensor].contiguous()
-        self._y = _relabel(task.train.y[index_tensor], label_map, task.num_classes)
+        self._x = task.train.X[index_tensor].contiguous().to(device)
+        self._y = _relabel(task.train.y[index_tensor], label_map, task.num_classes).to(device)
+        self._test_x = task.test.X.to(device)
+        self._test_y = task.test.y.to(device)
 
-        self._model = task.model_factory()
+        self._model = task.model_factory().to(device)
         self._params = [p for p in self._model.parameters() if p.requires_grad]
         self._dim = sum(p.numel() for p in self._params)
-        self._flat_params, self._flat_grad = _flatten_into_views(self._params)
+        self._flat_params, self._flat_grad = _flatten_into_views(self._params, device)
+        self._on_cpu = device.type == "cpu"
         # Vectors from the runner may be read-only (np.frombuffer over a received message),
         # which torch.from_numpy refuses; so they enter through numpy views of our own buffer.
-        self._flat_params_np = self._flat_params.numpy()
+        self._flat_params_np = self._flat_params.numpy() if self._on_cpu else None
         self._update_np = np.empty(self._dim, dtype=np.float32)
-        self._momentum = torch.zeros(self._dim, dtype=torch.float32)
+        #: the inner optimiser's first moment: sgd's EMA momentum, or AdamW's m
+        self._momentum = torch.zeros(self._dim, dtype=torch.float32, device=device)
         self._momentum_started = False
+        #: AdamW's second moment and its step count (bias corrections)
+        self._second_moment = torch.zeros(
+            self._dim if config.inner_optimizer == "adamw" else 0,
+            dtype=torch.float32,
+            device=device,
+        )
+        self._adam_steps = 0
+        #: the outer optimiser's Nesterov buffer (empty when outer_momentum is 0)
+        self._outer_buffer = np.zeros(self._dim if config.outer_momentum else 0, np.float32)
         self._step = 0
         self._batches = 0
         self._train_loss = math.nan
@@ -147,30 +191,46 @@ class Trainer:
         """The live module (its parameters are views into this trainer's flat buffer)."""
         return self._model
 
+    @property
+    def batches(self) -> int:
+        """Mini-batches drawn so far, for gradients (every inner step's)."""
+        return self._batches
+
+    @property
+    def device(self) -> torch.device:
+        """Where the model, its data and the optimiser state live."""
+        return self._device
+
     def gradient(self) -> np.ndarray:
-        """This node's momentum gradient on fresh local batches, as a new float32 vector.
+        """The vector this node proposes for the gradient agreement, as a new float32 array.
 
-        Averages the gradients of ``local_steps`` mini-batches, adds the L2 penalty, then folds
-        the result into the EMA momentum and returns a copy of it.
+        With ``inner_steps = 1`` (and sgd) it is the momentum gradient on fresh local batches:
+        the gradients of ``batches_per_gradient`` mini-batches averaged, the L2 penalty
+        added, folded into the EMA momentum. With H inner steps, it is the sum of the H
+        inner update directions taken from the current model, which is then put back (the
+        module docstring): the DiLoCo pseudo-gradient divided by the learning rate.
         """
-        config = self._config
-        self._flat_grad.zero_()
-        loss_total = 0.0
-        self._model.train()
-        self._last_batches = []
-        with self._private_rng():
-            for _ in range(config.local_steps):
-                batch = self._next_batch()
-                self._last_batches.append(batch)
-                loss = F.cross_entropy(self._model(self._x[batch]), self._y[batch])
-                torch.autograd.backward(loss)  # accumulates into the flat gradient
-                loss_total += float(loss.detach())
-        self._batches += config.local_steps
-        self._train_loss = loss_total / config.local_steps
+        steps = self._config.inner_steps
+        if steps == 1:
+            return self._to_numpy(self._inner_direction())
+        start = self._flat_params.clone()
+        lr = self.lr()
+        direction = self._inner_direction()
+        total = direction.clone()
+        for _ in range(steps - 1):
+            self._flat_params.sub_(direction, alpha=lr)  # the local model moves
+            direction = self._inner_direction()
+            total.add_(direction)
+        self._flat_params.copy_(start)  # the outer optimiser moves theta_0
+        return self._to_numpy(total)
 
-        grad = self._flat_grad
-        if config.local_steps > 1:
-            grad.div_(config.local_steps)
+    def _inner_direction(self) -> torch.Tensor:
+        """One inner step's update direction at the current parameters (a view of this
+        trainer's state: copy before the next call)."""
+        config = self._config
+        grad = self._batch_gradient()
+        if config.inner_optimizer == "adamw":
+            return self._adamw_direction(grad)
         if config.weight_decay:
             grad.add_(self._flat_params, alpha=config.weight_decay)
         if self._momentum_started:
@@ -178,7 +238,47 @@ class Trainer:
         else:
             self._momentum.copy_(grad)
             self._momentum_started = True
-        return self._momentum.numpy().copy()
+        return self._momentum
+
+    def _adamw_direction(self, grad: torch.Tensor) -> torch.Tensor:
+        """AdamW's step direction: ``m_hat / (sqrt(v_hat) + eps) + weight_decay * theta``
+        (decoupled weight decay), with the moments updated by ``grad``."""
+        self._adam_steps += 1
+        t = self._adam_steps
+        self._momentum.mul_(ADAM_BETA1).add_(grad, alpha=1.0 - ADAM_BETA1)
+        self._second_moment.mul_(ADAM_BETA2).addcmul_(grad, grad, value=1.0 - ADAM_BETA2)
+        denominator = (self._second_moment / (1.0 - ADAM_BETA2**t)).sqrt_().add_(ADAM_EPS)
+        direction = (self._momentum / (1.0 - ADAM_BETA1**t)).div_(denominator)
+        if self._config.weight_decay:
+            direction.add_(self._flat_params, alpha=self._config.weight_decay)
+        return direction
+
+    def _batch_gradient(self) -> torch.Tensor:
+        """The mean gradient of ``batches_per_gradient`` fresh mini-batches at the current
+        parameters, in the flat gradient buffer (which it returns)."""
+        batches = self._config.batches_per_gradient
+        self._flat_grad.zero_()
+        loss_total = 0.0
+        self._model.train()
+        self._last_batches = []
+        with self._private_rng():
+            for _ in range(batches):
+                batch = self._next_batch()
+                self._last_batches.append(batch)
+                loss = F.cross_entropy(self._model(self._x[batch]), self._y[batch])
+                torch.autograd.backward(loss)  # accumulates into the flat gradient
+                loss_total += float(loss.detach())
+        self._batches += batches
+        self._train_loss = loss_total / batches
+        if batches > 1:
+            self._flat_grad.div_(batches)
+        return self._flat_grad
+
+    def _to_numpy(self, tensor: torch.Tensor) -> np.ndarray:
+        """A new float32 numpy copy of ``tensor``: the one crossing to the CPU."""
+        if self._on_cpu:
+            return tensor.numpy().copy()
+        return tensor.detach().cpu().numpy()
 
     def flipped_gradient(self) -> np.ndarray:
         """The gradient of the current model on the mini-batches of the latest
@@ -190,7 +290,7 @@ class Trainer:
 
         So: no momentum (ByzFL's flipped gradients carry none); the model in eval mode
         (ByzFL's, which also leaves BatchNorm statistics and the dropout RNG untouched);
-        averaged over ``local_steps`` batches and with the L2 penalty added, as this
+        averaged over ``batches_per_gradient`` batches and with the L2 penalty added, as this
         trainer's own gradient is (ByzFL applies weight decay to the aggregate, on the
         server, which for every vector alike is the same as adding it to each). Call it
         before :meth:`apply_gradient` or :meth:`set_parameters` to get the gradient at the
@@ -205,7 +305,7 @@ class Trainer:
             raise RuntimeError("flipped_gradient() needs a gradient() call first")
         config = self._config
         top = self._task.num_classes - 1
-        total = torch.zeros(self._dim, dtype=torch.float32)
+        total = torch.zeros(self._dim, dtype=torch.float32, device=self._device)
         was_training = self._model.training
         self._model.eval()
         try:
@@ -217,31 +317,53 @@ class Trainer:
                     grads = torch.autograd.grad(loss, self._params, allow_unused=True)
                     total += torch.cat(
                         [
-                            torch.zeros(p.numel()) if g is None else g.reshape(-1)
+                            torch.zeros(p.numel(), device=self._device)
+                            if g is None
+                            else g.reshape(-1)
                             for p, g in zip(self._params, grads, strict=True)
                         ]
                     )
         finally:
             self._model.train(was_training)
-        if config.local_steps > 1:
-            total.div_(config.local_steps)
+        if config.batches_per_gradient > 1:
+            total.div_(config.batches_per_gradient)
         if config.weight_decay:
             total.add_(self._flat_params, alpha=config.weight_decay)
-        return total.numpy()
+        return self._to_numpy(total)
 
     def apply_gradient(self, vec: np.ndarray) -> None:
-        """``params -= lr_t * vec`` with the scheduled learning rate, then advance the step."""
-        np.multiply(self._checked(vec, "gradient"), self.lr(), out=self._update_np)
-        self._flat_params_np -= self._update_np
+        """The outer step: ``params -= outer_lr * lr_t * vec`` (with Nesterov momentum when
+        ``outer_momentum`` > 0), then advance the step. With the defaults it is
+        ``params -= lr_t * vec``."""
+        config = self._config
+        vec = self._checked(vec, "gradient")
+        if config.outer_momentum:
+            buffer = self._outer_buffer
+            buffer *= np.float32(config.outer_momentum)
+            buffer += vec
+            vec = vec + np.float32(config.outer_momentum) * buffer
+        scale = config.outer_lr * self.lr()  # exactly lr_t when outer_lr is 1
+        np.multiply(vec, scale, out=self._update_np)
+        if self._flat_params_np is not None:
+            self._flat_params_np -= self._update_np
+        else:
+            self._flat_params.sub_(torch.from_numpy(self._update_np).to(self._device))
         self._step += 1
 
     def parameters(self) -> np.ndarray:
         """A float32 copy of the model parameters, flattened in ``model.parameters()`` order."""
-        return self._flat_params_np.copy()
+        if self._flat_params_np is not None:
+            return self._flat_params_np.copy()
+        return self._flat_params.detach().cpu().numpy()
 
     def set_parameters(self, vec: np.ndarray) -> None:
         """Overwrite the model parameters with a flat vector (e.g. the agreed model)."""
-        np.copyto(self._flat_params_np, self._checked(vec, "parameter"))
+        checked = self._checked(vec, "parameter")
+        if self._flat_params_np is not None:
+            np.copyto(self._flat_params_np, checked)
+        else:
+            host = torch.from_numpy(np.array(checked, dtype=np.float32))  # a writable copy
+            self._flat_params.copy_(host.to(self._device))
 
     def lr(self) -> float:
         """The learning rate the next :meth:`apply_gradient` uses."""
@@ -263,8 +385,8 @@ class Trainer:
             with torch.no_grad():
                 for start in range(0, len(test), self._config.eval_batch_size):
                     stop = start + self._config.eval_batch_size
-                    logits = self._model(test.X[start:stop])
-                    y = test.y[start:stop]
+                    logits = self._model(self._test_x[start:stop])
+                    y = self._test_y[start:stop]
                     loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
                     correct += int((logits.argmax(dim=1) == y).sum())
         finally:
@@ -291,9 +413,12 @@ class Trainer:
         return {
             "format": STATE_FORMAT,
             "dim": self._dim,
-            "model": {k: v.detach().clone() for k, v in self._model.state_dict().items()},
-            "momentum": self._momentum.clone(),
+            "model": {k: v.detach().cpu().clone() for k, v in self._model.state_dict().items()},
+            "momentum": self._momentum.cpu().clone(),
             "momentum_started": int(self._momentum_started),
+            "second_moment": self._second_moment.cpu().clone(),
+            "adam_steps": self._adam_steps,
+            "outer_buffer": torch.from_numpy(self._outer_buffer.copy()),
             "step": self._step,
             "batches": self._batches,
             "train_loss": self._train_loss,
@@ -309,34 +434,43 @@ class Trainer:
         Raises ValueError, before changing anything, for a checkpoint of another format,
         model or data size (the model itself is validated by torch and restored last).
         """
-        if state.get("format") != STATE_FORMAT or state.get("dim") != self._dim:
+        if state.get("format") not in (1, STATE_FORMAT) or state.get("dim") != self._dim:
             raise ValueError(
                 f"checkpoint format {state.get('format')} / dim {state.get('dim')} does not "
                 f"match this trainer (format {STATE_FORMAT}, dim {self._dim})"
             )
         momentum = state["momentum"]
+        # format 1 (before local steps) had no AdamW moments and no outer momentum: zeros
+        second_moment = state.get("second_moment", torch.zeros(self._second_moment.numel()))
+        outer_buffer = state.get("outer_buffer", torch.zeros(self._outer_buffer.size))
         epoch_order = state["epoch_order"]
         epoch_position = int(state["epoch_position"])
         n_local = len(self._y)
         # The epoch order is empty before the first batch, a permutation of the local samples after.
         if (
             momentum.shape != (self._dim,)
+            or second_moment.shape != self._second_moment.shape
+            or outer_buffer.shape != self._outer_buffer.shape
             or epoch_order.ndim != 1
             or epoch_order.numel() not in (0, n_local)
             or (epoch_order.numel() and int(epoch_order.max()) >= n_local)
             or not 0 <= epoch_position <= epoch_order.numel()
         ):
             raise ValueError(
-                f"checkpoint momentum or sampler state does not fit this trainer "
-                f"(dim {self._dim}, {n_local} local samples)"
+                f"checkpoint optimiser or sampler state does not fit this trainer "
+                f"(dim {self._dim}, {n_local} local samples, inner_optimizer "
+                f"{self._config.inner_optimizer}, outer_momentum {self._config.outer_momentum})"
             )
         try:
             with torch.no_grad():
                 self._model.load_state_dict(state["model"])  # copies into the flat-buffer views
         except RuntimeError as exc:
             raise ValueError(f"checkpoint model does not fit this trainer: {exc}") from exc
-        self._momentum.copy_(momentum)
+        self._momentum.copy_(momentum.to(self._device))
         self._momentum_started = bool(state["momentum_started"])
+        self._second_moment.copy_(second_moment.to(self._device))
+        self._adam_steps = int(state.get("adam_steps", 0))
+        self._outer_buffer[:] = outer_buffer.numpy()
         self._step = int(state["step"])
         self._batches = int(state["batches"])
         self._train_loss = float(state["train_loss"])
@@ -359,7 +493,8 @@ class Trainer:
             self._epoch_position += len(piece)
             wanted -= len(piece)
             pieces.append(piece)
-        return pieces[0] if len(pieces) == 1 else torch.cat(pieces)
+        batch = pieces[0] if len(pieces) == 1 else torch.cat(pieces)
+        return batch if self._on_cpu else batch.to(self._device)
 
     @contextmanager
     def _private_rng(self) -> Iterator[None]:
@@ -396,7 +531,26 @@ def _relabel(y: torch.Tensor, label_map: np.ndarray | None, num_classes: int) ->
     return torch.from_numpy(mapping.astype(np.int64))[y]
 
 
-def _flatten_into_views(params: list[nn.Parameter]) -> tuple[torch.Tensor, torch.Tensor]:
+def resolve_device(name: str) -> torch.device:
+    """The torch device a ``device`` setting names: ``auto`` is cuda when available.
+
+    Raises ValueError for ``cuda`` on a machine without a usable GPU (one line saying so).
+    """
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError(
+            "device = cuda, but torch sees no CUDA GPU here (torch "
+            f"{torch.__version__}); use device = cpu or auto"
+        )
+    if name not in ("cpu", "cuda"):
+        raise ValueError(f"unknown device {name!r}: expected auto, cpu or cuda")
+    return torch.device(name)
+
+
+def _flatten_into_views(
+    params: list[nn.Parameter], device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Move parameters and their gradients into two flat float32 buffers; return the buffers.
 
     Afterwards each parameter's ``.data`` and ``.grad`` are views into the buffers, and
@@ -404,8 +558,8 @@ def _flatten_into_views(params: list[nn.Parameter]) -> tuple[torch.Tensor, torch
     by ``backward()`` without any gather.
     """
     dim = sum(p.numel() for p in params)
-    flat_params = torch.empty(dim, dtype=torch.float32)
-    flat_grad = torch.zeros(dim, dtype=torch.float32)
+    flat_params = torch.empty(dim, dtype=torch.float32, device=device)
+    flat_grad = torch.zeros(dim, dtype=torch.float32, device=device)
     offset = 0
     for p in params:
         n = p.numel()

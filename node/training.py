@@ -15,21 +15,39 @@ from typing import Final
 from protocol.settings import SettingsError, field_problems, setting
 
 LR_SCHEDULES: Final = ("constant", "inverse_sqrt")
+INNER_OPTIMIZERS: Final = ("sgd", "adamw")
+#: [training] keys of earlier versions, and where they are now
+TRAINING_MOVED: Final = {"local_steps": "[training] batches_per_gradient (same meaning)"}
+DEVICES: Final = ("auto", "cpu", "cuda")
 
 
 @dataclass(frozen=True, slots=True)
 class TaskSettings:
     """``[task]``: what is learnt (the same table in node configs and scenarios)."""
 
+    #: the tasks that read local files under data_dir (node/datasets.py DATASET_NAMES)
+    FILE_TASKS = ("mnist", "fashion-mnist", "cifar10", "npz")
+
     name: str = setting(
         "digits-mlp",
-        "digits-mlp, digits-cnn, synthetic, or package.module:function",
+        "digits-mlp, digits-cnn, synthetic, mnist, fashion-mnist, cifar10, npz (these four "
+        "read data_dir), or package.module:function",
         flag="--task",
+    )
+    data_dir: str = setting(
+        "",
+        "the folder (npz: or the .npz file) holding the dataset's files, relative to the "
+        "current directory; nothing is downloaded",
     )
 
     def __post_init__(self) -> None:
+        problems: list[str] = []
         if not self.name:
-            raise SettingsError(["name: must not be empty"])
+            problems.append("name: must not be empty")
+        elif self.name in self.FILE_TASKS and not self.data_dir:
+            problems.append(f"data_dir: task {self.name} reads local files: set data_dir")
+        if problems:
+            raise SettingsError(problems)
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,8 +69,42 @@ class TrainingSettings:
         below=1.0,
     )
     batch_size: int = setting(32, "mini-batch size", minimum=1)
-    local_steps: int = setting(
-        1, "mini-batches whose gradients are averaged into one proposed gradient", minimum=1
+    batches_per_gradient: int = setting(
+        1,
+        "mini-batches whose gradients are averaged into one gradient (accumulation; "
+        "was local_steps)",
+        minimum=1,
+    )
+    inner_steps: int = setting(
+        1,
+        "H: local optimiser steps between two agreements (DiLoCo); the agreed vector is "
+        "then the pseudo-gradient of the H steps",
+        minimum=1,
+        maximum=10_000,
+        unit="steps",
+    )
+    inner_optimizer: str = setting(
+        "sgd",
+        "local optimiser: sgd (lr, EMA momentum, L2 weight_decay) or adamw (lr, betas "
+        "0.9/0.999, decoupled weight_decay)",
+        choices=INNER_OPTIMIZERS,
+    )
+    outer_lr: float = setting(
+        1.0,
+        "outer learning rate: the agreed pseudo-gradient moves the model by outer_lr x it",
+        above=0.0,
+    )
+    outer_momentum: float = setting(
+        0.0,
+        "Nesterov momentum of the outer SGD that applies the agreed vector (0: none)",
+        minimum=0.0,
+        below=1.0,
+    )
+    device: str = setting(
+        "auto",
+        "where the model trains: cpu, cuda, or auto (cuda when available); vectors cross "
+        "to the CPU once per agreement",
+        choices=DEVICES,
     )
     weight_decay: float = setting(0.0, "L2 penalty added to the gradient", minimum=0.0)
     torch_threads: int = setting(

@@ -90,6 +90,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="run the sweep's cells as Ray tasks: on a local Ray instance, or on the "
         "cluster at ADDRESS (auto, HOST:6379); needs Ray (scripts/setup.sh installs it)",
     )
+    parser.add_argument(
+        "--device",
+        choices=("auto", "cpu", "cuda"),
+        help="where every node's model trains (the scenario's [training] device; default "
+        "auto: cuda when available); vectors cross to the CPU once per agreement",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress display and no table")
     parser.add_argument(
         "--mode",
@@ -164,6 +170,8 @@ def _load(args: argparse.Namespace) -> Scenario:
         overrides["fidelity"] = args.fidelity
     if args.mode == "server":
         overrides["mode"] = "server"
+    if args.device is not None:
+        overrides["training.device"] = args.device
     return scenario.with_values(overrides) if overrides else scenario
 
 
@@ -228,6 +236,8 @@ def _sweep(args: argparse.Namespace) -> int:
         overrides["fidelity"] = args.fidelity
     if args.mode == "server":
         overrides["mode"] = "server"
+    if args.device is not None:
+        overrides["training.device"] = args.device
     if overrides:
         grid = replace(grid, base=grid.base.with_values(overrides))
     if args.seed is not None:

@@ -19,10 +19,16 @@ set from here:
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 
 def pin() -> None:
-    """Deterministic torch algorithms for this process (idempotent)."""
+    """Deterministic torch algorithms for this process (idempotent).
+
+    On a GPU, cuBLAS needs a fixed workspace for its deterministic mode; the variable is
+    set here unless the user set it, before anything initialises CUDA."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     if not torch.are_deterministic_algorithms_enabled():
         torch.use_deterministic_algorithms(True)

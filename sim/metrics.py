@@ -236,6 +236,7 @@ class MetricsLog:
                 "test_accuracy": record.test_accuracy,
                 "bytes_sent": record.bytes_sent,
                 "bytes_received": record.bytes_received,
+                "batches": record.batches,
             }
         )
 

@@ -16,6 +16,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Final, Protocol
 
 from node.schema import SettingsReader, Table
+from node.training import TRAINING_MOVED
 from protocol.aggregate import AGGREGATORS
 from protocol.settings import ProtocolSettings
 from sim.scenario_parts import (
@@ -28,6 +29,8 @@ from sim.scenario_parts import (
 from sim.schedulers import SchedulerSpecError, load_scheduler
 
 _OWN_TABLES: Final = ("network", "byzantine")
+#: keys of earlier versions in the shared tables, and where they are now
+_MOVED: Final = {"training": TRAINING_MOVED}
 
 
 class ScenarioView(Protocol):
@@ -74,7 +77,7 @@ def read_scenario(
     values = reader.read(top, data, skip=[table.name for table in shared] + list(_OWN_TABLES))
     for table in shared:
         table_data = _table(data.get(table.name, {}), table.name, reader.problems)
-        reader.read(table, table_data, into=values)
+        reader.read(table, table_data, into=values, moved=_MOVED.get(table.name))
     own = reader.build(top, own_cls, values.get(own_cls, {}))
     parts: dict[str, Any] = {"run": reader.build(top, run_cls, values.get(run_cls, {}))}
     for table in shared:

@@ -212,6 +212,7 @@ class ServerRun:
                     bytes_sent=0,
                     bytes_received=0,
                     faults={},
+                    batches=self.learners[node].batches,
                 )
             )
 

@@ -46,7 +46,7 @@ alpha = 0.5
 lr = 0.1
 momentum = 0.5
 batch_size = 64
-local_steps = 2
+batches_per_gradient = 2
 lr_schedule = "inverse_sqrt"
 
 [transport]
@@ -94,7 +94,7 @@ def test_every_section_is_read_with_its_types(tmp_path: Path) -> None:
     assert (config.task.name, node.seed, node.parts, node.part) == ("digits-cnn", 7, 8, 5)
     assert (config.partition.scheme, config.partition.alpha) == ("dirichlet", 0.5)
     training = config.training
-    assert (training.lr, training.momentum, training.batch_size, training.local_steps) == (
+    assert (training.lr, training.momentum, training.batch_size, training.batches_per_gradient) == (
         0.1,
         0.5,
         64,

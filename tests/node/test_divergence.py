@@ -10,6 +10,7 @@ from node.divergence import DIVERGED_VALUE, DivergenceGuard
 class _Learner:
     dim = 3
     train_loss = float("nan")
+    batches = 0
 
     def __init__(self) -> None:
         self.vector = np.array([1.0, 2.0, 3.0], dtype=np.float32)

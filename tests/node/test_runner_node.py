@@ -46,6 +46,10 @@ class FakeLearner:
     def train_loss(self) -> float:
         return 0.0
 
+    @property
+    def batches(self) -> int:
+        return 0
+
     def gradient(self) -> np.ndarray:
         start = time.monotonic()
         time.sleep(self._compute_s)  # a model taking a while (releases the GIL, as torch)

@@ -230,9 +230,11 @@ def test_momentum_is_an_exponential_moving_average_of_gradients(digits: Task) ->
     assert not np.array_equal(m1, m2)  # the first result was a copy, not a live view
 
 
-def test_local_steps_average_that_many_batch_gradients(digits: Task) -> None:
+def test_batches_per_gradient_average_that_many_batch_gradients(digits: Task) -> None:
     one = Trainer(digits, whole_train_set(digits), TrainingSettings(momentum=0.0), 0)
-    two = Trainer(digits, whole_train_set(digits), TrainingSettings(momentum=0.0, local_steps=2), 0)
+    two = Trainer(
+        digits, whole_train_set(digits), TrainingSettings(momentum=0.0, batches_per_gradient=2), 0
+    )
     g1, loss1 = one.gradient(), one.train_loss
     g2, loss2 = one.gradient(), one.train_loss
     np.testing.assert_allclose(two.gradient(), (g1 + g2) / 2, rtol=1e-5, atol=1e-7)
@@ -345,7 +347,7 @@ def test_bad_label_maps_are_refused(digits: Task, label_map: np.ndarray) -> None
         {"lr": float("nan")},
         {"momentum": 1.0},
         {"batch_size": 0},
-        {"local_steps": 0},
+        {"batches_per_gradient": 0},
         {"weight_decay": -1.0},
         {"lr_schedule": "cosine"},
         {"torch_threads": 0},
@@ -383,7 +385,7 @@ def _gradients(trainer: Trainer, steps: int, flipped_between: bool) -> list[byte
 @pytest.mark.parametrize(
     ("spec", "settings"),
     [
-        ("digits-mlp", TrainingSettings(momentum=0.9, weight_decay=0.01, local_steps=2)),
+        ("digits-mlp", TrainingSettings(momentum=0.9, weight_decay=0.01, batches_per_gradient=2)),
         (f"{HERE}:dropout_task", TrainingSettings(momentum=0.5, batch_size=5)),
     ],
 )
@@ -411,14 +413,14 @@ def test_flipped_gradient_is_the_gradient_on_flipped_labels_of_the_same_batches(
 ) -> None:
     """ByzFL's flip y -> num_classes - 1 - y on the batches of the latest gradient(), with
     no momentum (digits-mlp has no dropout or BatchNorm, so eval mode changes nothing)."""
-    settings = TrainingSettings(momentum=0.9, weight_decay=0.01, local_steps=2)
+    settings = TrainingSettings(momentum=0.9, weight_decay=0.01, batches_per_gradient=2)
     flip = np.arange(digits.num_classes - 1, -1, -1)
     honest = Trainer(digits, whole_train_set(digits), settings, node_seed=4)
     # same sampler (node seed), no momentum: its gradient() is the flipped gradient
     reference = Trainer(
         digits,
         whole_train_set(digits),
-        TrainingSettings(momentum=0.0, weight_decay=0.01, local_steps=2),
+        TrainingSettings(momentum=0.0, weight_decay=0.01, batches_per_gradient=2),
         node_seed=4,
         label_map=flip,
     )

@@ -301,6 +301,7 @@ def test_divergence_guard_zeroes_non_finite_vectors_and_remembers_when() -> None
     class Exploding:
         dim = 2
         train_loss = 0.0
+        batches = 0
 
         def gradient(self) -> np.ndarray:
             return np.array([np.inf, 1.0], dtype=np.float32)
