@@ -248,7 +248,7 @@ def _trainer(
 
     node, split = config.node, config.partition
     try:
-        task = load_task(config.task.name, node.seed)
+        task = load_task(config.task.name, node.seed, config.task.data_dir)
     except ValueError as error:
         problems.append(f"[task] {error}")
         return None

@@ -14,6 +14,18 @@ Built-in tasks (nothing is downloaded at run time):
 - ``synthetic``: seeded Gaussian blobs (5 classes, 20 features) and a linear classifier; tiny
   and fast, for tests and protocol-focused simulations.
 
+Tasks on datasets from local files under ``data_dir`` (node/datasets.py: formats, layouts,
+errors), with the files' own train/test split (the seed only draws the initial model):
+
+- ``mnist``, ``fashion-mnist``: the four IDX files (or ``.gz``), 1x28x28 images, 10 classes;
+- ``cifar10``: CIFAR-10's binary batches, 3x32x32 images, 10 classes;
+- ``npz``: an ``.npz`` of ``x_train``, ``y_train``, ``x_test``, ``y_test``.
+
+Images get node/models.py's CNN (three conv layers and a 1024-wide hidden layer: 1.08M
+parameters at 3x32x32, 624k at 1x28x28); flat ``(N, D)`` npz features an MLP D-256-classes.
+A dataset is read once per process (cached by its files' resolved paths, sizes and mtimes)
+and shared by every task built on it.
+
 A user's own task is ``"package.module:function"``: ``function()`` returns
 ``(model, (X_train, y_train), (X_test, y_test))`` with tensors or numpy arrays. It is called
 under the same seeded torch RNG, so a model it initialises is identical across nodes.
@@ -26,11 +38,15 @@ import functools
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from pathlib import Path
+from typing import Any, Final, TypeVar
 
 import numpy as np
 import torch
 from torch import nn
+
+from node.datasets import DATASET_NAMES, dataset_files, read_dataset
+from node.models import image_cnn, mlp
 
 #: fraction of each class held out for testing in built-in tasks
 TEST_FRACTION = 0.2
@@ -194,21 +210,79 @@ BUILTIN_TASKS: dict[str, Callable[[int], Task]] = {
 }
 
 
+# ------------------------------------------------------------------ datasets from files
+
+#: tasks that read their data from files under ``data_dir`` (node/datasets.py)
+DATASET_TASKS: Final = DATASET_NAMES
+#: datasets held in memory at once (each key: a dataset's files, as they were when read)
+DATASET_CACHE_ENTRIES_MAX: Final = 2
+_dataset_cache: dict[tuple[object, ...], tuple[Dataset, Dataset, int]] = {}
+
+
+def _dataset_task(name: str, seed: int, data_dir: str | Path) -> Task:
+    train, test, num_classes = _dataset_splits(name, data_dir)
+    shape = tuple(train.X.shape[1:])
+    if len(shape) == 3:
+        build = functools.partial(image_cnn, (shape[0], shape[1], shape[2]), num_classes)
+    else:
+        build = functools.partial(mlp, shape[0], num_classes)
+    return Task(name, _seeded_factory(seed, build), train, test, num_classes)
+
+
+def _dataset_splits(name: str, data_dir: str | Path) -> tuple[Dataset, Dataset, int]:
+    """The dataset's train and test sets, read once per process: a second task on the same
+    unchanged files (the simulator's, a test's) shares these tensors, which no one writes."""
+    files = dataset_files(name, data_dir)
+    key = (name, *(_stamp(path) for path in files))
+    cached = _dataset_cache.get(key)
+    if cached is None:
+        arrays = read_dataset(name, files)
+        train = Dataset(torch.from_numpy(arrays.x_train), torch.from_numpy(arrays.y_train))
+        test = Dataset(torch.from_numpy(arrays.x_test), torch.from_numpy(arrays.y_test))
+        cached = (train, test, arrays.num_classes)
+        while len(_dataset_cache) >= DATASET_CACHE_ENTRIES_MAX:
+            del _dataset_cache[next(iter(_dataset_cache))]  # the oldest
+        _dataset_cache[key] = cached
+    return cached
+
+
+def _stamp(path: Path) -> tuple[str, int, int]:
+    try:
+        resolved = path.resolve()
+        status = resolved.stat()
+    except OSError as error:
+        raise ValueError(f"{path}: cannot read: {error.strerror}") from None
+    return str(resolved), status.st_size, status.st_mtime_ns
+
+
 # ------------------------------------------------------------------------------ user tasks
 
 
-def load_task(spec: str, seed: int) -> Task:
-    """The task named by ``spec``: a built-in name or ``"package.module:function"``.
+def load_task(spec: str, seed: int, data_dir: str | Path = "") -> Task:
+    """The task named by ``spec``: a built-in name, a dataset task reading ``data_dir``
+    (``mnist``, ``fashion-mnist``, ``cifar10``, ``npz``; relative to the current directory)
+    or ``"package.module:function"``.
 
-    Raises ValueError, with the reason, for an unknown name, a module that cannot be
-    imported, a missing or non-callable function, or a return value of the wrong shape.
+    Raises ValueError, with the reason, for an unknown name, a dataset task without
+    ``data_dir`` or with files missing or corrupt, ``data_dir`` given to a task that reads
+    no files, a module that cannot be imported, a missing or non-callable function, or a
+    return value of the wrong shape.
     """
+    if spec in DATASET_TASKS:
+        if not str(data_dir):
+            raise ValueError(f"task {spec!r} reads local files: set data_dir (--data-dir)")
+        return _dataset_task(spec, seed, data_dir)
+    if str(data_dir):
+        raise ValueError(
+            f"task {spec!r} reads no files, yet data_dir is {str(data_dir)!r}: data_dir is "
+            f"for the {', '.join(DATASET_TASKS)} tasks"
+        )
     builtin = BUILTIN_TASKS.get(spec)
     if builtin is not None:
         return builtin(seed)
     module_name, sep, function_name = spec.partition(":")
     if not sep or not module_name or not function_name:
-        known = ", ".join(sorted(BUILTIN_TASKS))
+        known = ", ".join(sorted([*BUILTIN_TASKS, *DATASET_TASKS]))
         raise ValueError(f"unknown task {spec!r}: expected one of {known} or 'module:function'")
     try:
         module = importlib.import_module(module_name)

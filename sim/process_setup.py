@@ -158,6 +158,10 @@ def write_setup(scenario: Scenario, folder: Path) -> ProcessSetup:
     return ProcessSetup(folder, roster, nodes, hasher.hexdigest())
 
 
+def _absolute(path: str) -> str:
+    return str(Path(path).expanduser().absolute()) if path else path
+
+
 def node_config(
     scenario: Scenario,
     files: NodeFiles,
@@ -189,7 +193,8 @@ def node_config(
         "node": node,
         # real nodes always sign: the scenario's protocol, with signatures on
         "protocol": to_table(replace(scenario.protocol, crypto=True)),
-        "task": to_table(scenario.task),
+        # a data_dir made absolute: the config is usable from any folder
+        "task": to_table(replace(scenario.task, data_dir=_absolute(scenario.task.data_dir))),
         "partition": to_table(scenario.partition),
         "training": {**to_table(scenario.training), "torch_threads": 1},
         "transport": {"send_delay": dict(send_delay)},

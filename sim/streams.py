@@ -55,7 +55,7 @@ def session_id(scenario: Scenario, seed: int, public_keys: list[bytes]) -> bytes
 def task_and_parts(scenario: Scenario) -> tuple[Task, list[np.ndarray]]:
     """The scenario's task and each node's sample indices (its partition)."""
     seed = scenario.seed
-    task = load_task(scenario.task.name, stream_seed(seed, PURPOSE_TASK))
+    task = load_task(scenario.task.name, stream_seed(seed, PURPOSE_TASK), scenario.task.data_dir)
     spec = scenario.partition
     parts = partition(
         task.train.y.numpy(),

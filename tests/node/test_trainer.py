@@ -149,7 +149,7 @@ def test_custom_task_from_module_function() -> None:
 @pytest.mark.parametrize(
     ("spec", "message"),
     [
-        ("mnist", "unknown task 'mnist'"),
+        ("imagenet", "unknown task 'imagenet'"),
         (":tiny_task", "unknown task"),
         ("no_such_module_for_jungle:f", "cannot import module"),
         (f"{HERE}:missing", "has no callable 'missing'"),
