@@ -76,9 +76,13 @@ class Simulation:
         self.honest = scenario.honest_nodes()
         self.byzantine = scenario.byzantine_strategies()
         self.task, self.parts = task_and_parts(scenario)
-        scheduler = load_scheduler(scenario.network.scheduler, scenario.network.params)
+        scheduler = load_scheduler(scenario.network.scheduler, scenario.network.scheduler_params)
         self.network = VirtualNetwork(
-            n, stream_seed(seed, PURPOSE_NETWORK), scheduler, BroadcastClassifier()
+            n,
+            stream_seed(seed, PURPOSE_NETWORK),
+            scheduler,
+            BroadcastClassifier(),
+            scenario.network.bandwidth,
         )
         #: broadcast fidelity: reliable broadcast modelled, not messaged (sim/broadcast_model.py)
         self.modelled: BroadcastModel | None = None
@@ -90,6 +94,7 @@ class Simulation:
                 stream_seed(seed, PURPOSE_MODELLED_BROADCAST),
                 scheduler,
                 self._voters,
+                signed=scenario.protocol.crypto,
             )
         self.crypto = scenario.protocol.crypto
         self.public_keys = roster_keys(seed, n) if self.crypto else []

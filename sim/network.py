@@ -19,6 +19,12 @@ Determinism (DESIGN section 6) comes from structure, not luck:
 - a blake3 trace digest folds in every event and every recorded output: same seed, same
   digest. Each event adds ``pack("<Bdqqqqq", event, time_s, dst, src, seq, copy, size)``,
   then, for deliveries and outputs, the bytes themselves.
+
+With bandwidth (:mod:`sim.bandwidth`), a message first waits its turn on the sender's
+uplink and is asked its delay as of the time it leaves it; with a limited downlink it
+reaches the destination's downlink queue as an event of its own (``src`` below
+:data:`_DOWNLINK_SRC`), which is served in order of arrival and then delivers it. Without
+bandwidth none of this runs: the same events, the same digest.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ import numpy as np
 import trio
 
 from protocol.messages import InstanceId
+from sim.bandwidth import Bandwidth, LinkQueues
 from sim.delays import KeyedUniforms, LinkUniforms
 from sim.endpoint import VirtualEndpoint, VirtualTransportStatistics
 from sim.event_queue import Event, EventQueue
@@ -60,6 +67,9 @@ _COPIES_DRAW = -1
 _TIMER_SRC = -1
 #: ``src`` of a modelled broadcast's delivery event (broadcast fidelity)
 _MODELLED_SRC = -2
+#: a message from ``src`` that reached a limited downlink: an event with ``src`` set to
+#: ``_DOWNLINK_SRC - src``, which queues it there (then it is delivered)
+_DOWNLINK_SRC = -3
 
 # Trace digest event markers.
 _DELIVERED, _DUPLICATE, _DISCARDED, _TIMER, _OUTPUT, _MODELLED = range(6)
@@ -132,7 +142,9 @@ class VirtualNetwork:
     """n nodes, reliable links with scheduled delays, one delivery loop in virtual time.
 
     ``classify`` maps message bytes to ``(kind, tag)`` for the scheduler and the per-kind
-    counters; it is the engine's (it knows the codec) and must not raise.
+    counters; it is the engine's (it knows the codec) and must not raise. ``bandwidth``
+    limits the nodes' uplinks and downlinks (:mod:`sim.bandwidth`); None or unlimited:
+    every message takes its scheduler's delay alone.
     """
 
     def __init__(
@@ -141,6 +153,7 @@ class VirtualNetwork:
         seed: int,
         scheduler: Scheduler,
         classify: Classifier | None = None,
+        bandwidth: Bandwidth | None = None,
     ) -> None:
         if n < 1:
             raise ValueError(f"a network needs at least one node, got n={n}")
@@ -165,6 +178,7 @@ class VirtualNetwork:
         self._messages_discarded = 0
         self._timer_firings = 0
         self._cancelled_firings = 0  # timer events that found their timer gone
+        self._downlink_arrivals = 0  # messages queued at a limited downlink
         #: modelled broadcasts in flight: id -> [instance id, deliveries left]
         self._modelled: dict[int, list[Any]] = {}
         self._next_modelled = 0
@@ -173,6 +187,10 @@ class VirtualNetwork:
         self._modelled_bytes_sent = np.zeros(n, dtype=np.int64)
         self._modelled_delivered = 0
         self._modelled_handlers: list[Callable[[InstanceId, bytes], None] | None] = []
+        #: the links' queues, when some link has a finite rate
+        self.links: LinkQueues | None = None
+        if bandwidth is not None and bandwidth.limited:
+            self.links = LinkQueues(n, bandwidth)
 
     @property
     def now_s(self) -> float:
@@ -315,6 +333,7 @@ class VirtualNetwork:
             + self._messages_discarded
             + self._timer_firings
             + self._modelled_delivered
+            + self._downlink_arrivals
         )
         return self._messages_delivered() + handled + self._cancelled_firings
 
@@ -341,6 +360,9 @@ class VirtualNetwork:
         (:attr:`~sim.schedulers.Scheduler.delay_of_draw`), no :class:`MessageMeta` is
         built, which is most of the scheduling cost of a message.
         """
+        if self.links is not None:
+            self._schedule_limited(self.links, endpoint, dsts, kind, tag, data)
+            return
         now_s = self._now_s
         src = endpoint.node_id
         sent_to = endpoint._messages_sent_to
@@ -370,15 +392,56 @@ class VirtualNetwork:
                 self._push_copies(meta, data)
         self._events.push_many(events)
 
-    def _push_copies(self, meta: MessageMeta, data: bytes) -> None:
-        """The scheduler's extra copies of one message, each with its own delay."""
+    def _schedule_limited(
+        self,
+        links: LinkQueues,
+        endpoint: VirtualEndpoint,
+        dsts: Sequence[int],
+        kind: str,
+        tag: tuple[int, ...],
+        data: bytes,
+    ) -> None:
+        """:meth:`_schedule` with bandwidth: the copies for ``dsts`` queue on the sender's
+        uplink in order; each is asked its delay as of when it leaves, and goes to its
+        destination's downlink queue first if that one is limited."""
+        now_s = self._now_s
+        src = endpoint.node_id
+        sent_to = endpoint._messages_sent_to
+        bytes_to = endpoint._bytes_sent_to
+        size_bytes = len(data)
+        draw = self._draw_message
+        delay_of_draw = self._delay_of_draw
+        start_s, transmit_s = links.send(src, now_s, size_bytes, len(dsts))
+        down_limited = links.down_s_per_byte.tolist() if links.downlink_limited else None
+        events: list[Event] = []
+        for index, dst in enumerate(dsts):
+            seq = sent_to[dst]
+            sent_to[dst] = seq + 1
+            bytes_to[dst] += size_bytes
+            leave_s = start_s + (index + 1) * transmit_s
+            meta = MessageMeta(src, dst, seq, kind, tag, size_bytes, leave_s)
+            u = draw(src, dst, seq)
+            if delay_of_draw is None:
+                delay_s = self._checked_delay_s(meta, u)
+            else:
+                delay_s = self._floored_delay_s(meta, delay_of_draw(u))
+            via = _DOWNLINK_SRC - src if down_limited is not None and down_limited[dst] else src
+            events.append((leave_s + delay_s, dst, via, seq, 0, data, kind))
+            if self._may_copy:
+                self._push_copies(meta, data, via)
+        self._events.push_many(events)
+
+    def _push_copies(self, meta: MessageMeta, data: bytes, via: int | None = None) -> None:
+        """The scheduler's extra copies of one message, each with its own delay; ``via``:
+        the events' ``src`` (a downlink queue's marker), the message's source if None."""
         src, dst, seq, kind, now_s = meta.src, meta.dst, meta.seq, meta.kind, meta.send_time_s
         copies = self.scheduler.copies(meta, self._draw(src, dst, seq, _COPIES_DRAW))
         if type(copies) is not int or not 1 <= copies <= COPIES_MAX:
             raise ValueError(f"{self.scheduler!r} gave {copies!r} copies (1..{COPIES_MAX})")
+        event_src = src if via is None else via
         for copy in range(1, copies):
             delay_s = self._checked_delay_s(meta, self._draw(src, dst, seq, copy))
-            self._events.push((now_s + delay_s, dst, src, seq, copy, data, kind))
+            self._events.push((now_s + delay_s, dst, event_src, seq, copy, data, kind))
             self._copies_injected += 1
 
     def _fire_timer(self, time_s: float, node: int, timer_id: int, firing: int) -> None:
@@ -401,8 +464,13 @@ class VirtualNetwork:
         if src < 0:
             if src == _TIMER_SRC:
                 self._fire_timer(time_s, dst, seq, copy)
-            else:
+            elif src == _MODELLED_SRC:
                 self._deliver_modelled(time_s, dst, seq, data)
+            else:  # the whole message reached a limited downlink: queue it there
+                assert self.links is not None
+                self._downlink_arrivals += 1
+                done_s = self.links.receive(dst, time_s, len(data))
+                self._events.push((done_s, dst, _DOWNLINK_SRC - src, seq, copy, data, kind))
             return
         if self._crashed[dst]:
             self._messages_discarded += 1

@@ -68,7 +68,12 @@ def unsupported_settings(scenario: Scenario) -> list[str]:
             f"network.scheduler {network.scheduler!r}: custom schedulers cannot run in "
             "process mode (real links only delay messages in order); use --mode sim"
         ]
-    scheduler = load_scheduler(network.scheduler, network.params)
+    if network.bandwidth.limited:
+        return [
+            "network bandwidth (bandwidth_mbps, downlink_mbps and the per-node maps): "
+            "process mode runs on loopback and cannot limit it; remove it or use --mode sim"
+        ]
+    scheduler = load_scheduler(network.scheduler, network.scheduler_params)
     assert isinstance(scheduler, DefaultScheduler)
     reasons = {
         "per_link": "per-link delays",
@@ -85,7 +90,7 @@ def unsupported_settings(scenario: Scenario) -> list[str]:
 
 def send_delay_table(scenario: Scenario) -> dict[str, Any]:
     """The scenario's link delay and slow nodes as ``[transport] send_delay``."""
-    scheduler = load_scheduler(scenario.network.scheduler, scenario.network.params)
+    scheduler = load_scheduler(scenario.network.scheduler, scenario.network.scheduler_params)
     assert isinstance(scheduler, DefaultScheduler)
     model = scheduler.link_delay
     table: dict[str, Any] = {"model": _DELAY_MODEL_NAMES[type(model)]}

@@ -226,12 +226,52 @@ def results_table(summary: Summary) -> str:
         f"{summary.messages_sent:,} messages, {summary.virtual_seconds:.1f} virtual s, "
         f"{summary.wall_seconds:.1f} wall s; trace digest {summary.trace_digest[:16]}",
     ]
+    if summary.bandwidth is not None:
+        lines += bandwidth_lines(summary.bandwidth, summary.virtual_seconds)
     if summary.fidelity == "broadcast":
         lines.append(
             "(broadcast fidelity: reliable broadcasts modelled, not messaged; 'sent' is "
             "what their messages would have cost)"
         )
     return "\n".join(lines)
+
+
+def _rates(rates: Mapping[int, float | None]) -> str:
+    """``"10 Mbps (node 2: 1 Mbps)"``: the most common rate, then the nodes that differ."""
+
+    def rate(mbps: float | None) -> str:
+        return "unlimited" if mbps is None else f"{mbps:g} Mbps"
+
+    values = list(rates.values())
+    usual = max(values, key=lambda v: (values.count(v), v is None))
+    others = ", ".join(f"node {node}: {rate(v)}" for node, v in sorted(rates.items()) if v != usual)
+    return rate(usual) + (f" ({others})" if others else "")
+
+
+def bandwidth_lines(bandwidth: Mapping[str, Any], virtual_seconds: float) -> list[str]:
+    """What the results table says of the links: their rates, and per direction that is
+    limited somewhere, the honest nodes' busy and waiting seconds."""
+    lines = [
+        f"bandwidth: uplink {_rates(bandwidth['uplink_mbps'])}, "
+        f"downlink {_rates(bandwidth['downlink_mbps'])}"
+    ]
+    for direction in ("uplink", "downlink"):
+        if all(v is None for v in bandwidth[f"{direction}_mbps"].values()):
+            continue
+        busy_mean = bandwidth[f"honest_{direction}_busy_s_mean"]
+        busy_max = bandwidth[f"honest_{direction}_busy_s_max"]
+        share = (
+            f" ({busy_mean / virtual_seconds:.0%} of the run)"
+            if virtual_seconds > 0 and math.isfinite(busy_mean)
+            else ""
+        )
+        delay_mean = bandwidth[f"honest_{direction}_delay_s_mean"]
+        delay_max = bandwidth[f"honest_{direction}_delay_s_max"]
+        lines.append(
+            f"  honest {direction}s: busy {_fmt(busy_mean)} s mean{share}, {_fmt(busy_max)} s "
+            f"max; wait per message {_fmt(delay_mean)} s mean, {_fmt(delay_max)} s max"
+        )
+    return lines
 
 
 def _fmt(value: float) -> str:

@@ -10,6 +10,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from sim.bandwidth import Bandwidth, split_network_params
+
 #: The strategy value meaning "behaves honestly" (an attack-free run keeps its node ids).
 NO_ATTACK: Final = "none"
 #: A Byzantine strategy as a scenario writes it: a name, a table {name = ..., params...},
@@ -21,10 +23,21 @@ StrategySpec = str | Mapping[str, Any] | Sequence[Any]
 class NetworkSpec:
     """Who decides message delays: ``"default"`` (sim/schedulers.py ``DefaultScheduler``:
     delay model, per-link overrides, slow nodes, duplicates, jitter, partitions) or a
-    ``"module:Class"`` Scheduler subclass; ``params`` are its settings."""
+    ``"module:Class"`` Scheduler subclass; ``params`` are its settings, and the network's
+    own bandwidth keys (sim/bandwidth.py), whatever the scheduler."""
 
     scheduler: str = "default"
     params: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def scheduler_params(self) -> dict[str, Any]:
+        """``params`` without the bandwidth keys: what the scheduler is built from."""
+        return split_network_params(self.params)[0]
+
+    @property
+    def bandwidth(self) -> Bandwidth:
+        """The links' capacities (unlimited unless the table says otherwise)."""
+        return Bandwidth.from_params(self.params)
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,6 +19,7 @@ from node.schema import SettingsReader, Table
 from node.training import TRAINING_MOVED
 from protocol.aggregate import AGGREGATORS
 from protocol.settings import ProtocolSettings
+from sim.bandwidth import bandwidth_problems
 from sim.scenario_parts import (
     NO_ATTACK,
     ByzantineSpec,
@@ -109,9 +110,10 @@ def check_plugins(scenario: ScenarioView) -> list[str]:
     if scenario.protocol.aggregator not in AGGREGATORS and not problems:
         problems.append(f"[protocol] aggregator: unknown {scenario.protocol.aggregator!r}")
     try:
-        load_scheduler(scenario.network.scheduler, scenario.network.params)
+        load_scheduler(scenario.network.scheduler, scenario.network.scheduler_params)
     except SchedulerSpecError as error:
         problems.append(f"[network]: {error}")
+    problems += bandwidth_problems(scenario.network.params, scenario.n)
     problems += _node_ids_problems(scenario)
     if not scenario.honest_nodes():
         problems.append("[byzantine]: every node is Byzantine; there is nothing to measure")

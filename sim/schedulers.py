@@ -93,6 +93,8 @@ class MessageMeta:
     #: the agreement instance it belongs to, e.g. (step, phase, round), or ()
     tag: tuple[int, ...]
     size_bytes: int
+    #: when it leaves the sender: its send time, or with bandwidth (sim/bandwidth.py) when
+    #: the sender's uplink has sent its last byte; the delay counts from then
     send_time_s: float
 
 
@@ -105,7 +107,8 @@ class Scheduler:
     __slots__ = ()
 
     def delay_s(self, meta: MessageMeta, u: float) -> float:
-        """Seconds from ``meta.send_time_s`` until the message is delivered to ``meta.dst``.
+        """Seconds from ``meta.send_time_s`` until the message reaches ``meta.dst`` (is
+        delivered, or with a limited downlink, joins its queue).
 
         ``u`` is uniform in (0, 1), drawn from the message's own key. Called once for the
         original and once for each extra copy, each with its own ``u``.

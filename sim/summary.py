@@ -15,6 +15,7 @@ from typing import Any, Protocol
 
 from node.divergence import DivergenceGuard
 from node.runner import Runner
+from sim.bandwidth import LinkStatistics
 from sim.metrics import MetricsLog, RoundBook, RoundMeasure, finite_or_none
 from sim.network import VirtualNetwork
 from sim.scenario import Scenario, StrategySpec, strategy_label
@@ -95,6 +96,9 @@ class Summary:
     public_keys: Mapping[int, str] = field(default_factory=dict)
     #: the scenario as plain data (what from_dict reads back)
     config: Mapping[str, Any] = field(default_factory=dict)
+    #: link capacities and what waiting on them cost (:func:`bandwidth_summary`); None
+    #: when every link is unlimited
+    bandwidth: Mapping[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         """JSON-ready data: string keys, null for unmeasured (NaN) values."""
@@ -140,11 +144,60 @@ class Summary:
             "session": self.session,
             "public_keys": _keys(self.public_keys),
             "config": dict(self.config),
+            "bandwidth": None if self.bandwidth is None else _bandwidth_json(self.bandwidth),
         }
 
 
 def _keys(mapping: Mapping[int, Any]) -> dict[str, Any]:
     return {str(key): value for key, value in sorted(mapping.items())}
+
+
+def _bandwidth_json(bandwidth: Mapping[str, Any]) -> dict[str, Any]:
+    """Per-node tables with string keys; the honest means and maxima as they are."""
+    return {
+        key: _keys(value) if key in _PER_NODE else finite_or_none(value)
+        for key, value in bandwidth.items()
+    }
+
+
+#: the per-node tables of :func:`bandwidth_summary`; the last four are also summarised
+#: over the honest nodes
+_PER_NODE = (
+    "uplink_mbps",
+    "downlink_mbps",
+    "uplink_busy_s",
+    "uplink_delay_s",
+    "downlink_busy_s",
+    "downlink_delay_s",
+)
+
+
+def bandwidth_summary(links: LinkStatistics, honest: Sequence[int]) -> dict[str, Any]:
+    """The summary's ``bandwidth``: each node's configured rates (megabits/s, None =
+    unlimited) and, per direction, its ``busy_s`` (the seconds the link had messages
+    queued or in transmission: bytes x 8 / rate) and ``delay_s`` (what one message
+    waited there on average, queued and in transmission; 0 without messages); then
+    ``honest_<figure>_mean`` and ``honest_<figure>_max`` over the honest nodes."""
+
+    def per_message(wait_s: tuple[float, ...], messages: tuple[int, ...]) -> dict[int, float]:
+        return {
+            node: w / m if m else 0.0
+            for node, (w, m) in enumerate(zip(wait_s, messages, strict=True))
+        }
+
+    table: dict[str, Any] = {
+        "uplink_mbps": dict(enumerate(links.uplink_mbps)),
+        "downlink_mbps": dict(enumerate(links.downlink_mbps)),
+        "uplink_busy_s": dict(enumerate(links.uplink_busy_s)),
+        "uplink_delay_s": per_message(links.uplink_wait_s, links.uplink_messages),
+        "downlink_busy_s": dict(enumerate(links.downlink_busy_s)),
+        "downlink_delay_s": per_message(links.downlink_wait_s, links.downlink_messages),
+    }
+    for name in _PER_NODE[2:]:
+        mean, top = _mean_and_max([table[name][node] for node in honest])
+        table[f"honest_{name}_mean"] = mean
+        table[f"honest_{name}_max"] = top
+    return table
 
 
 def _mean_and_max(values: Sequence[float]) -> tuple[float, float]:
@@ -234,4 +287,7 @@ def build_summary(
         session=simulation.session.hex(),
         public_keys={node: key.hex() for node, key in enumerate(simulation.public_keys)},
         config=scenario.to_dict(),
+        bandwidth=None
+        if network.links is None
+        else bandwidth_summary(network.links.statistics(), simulation.honest),
     )

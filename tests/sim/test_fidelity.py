@@ -141,3 +141,9 @@ def test_process_mode_refuses_the_broadcast_fidelity() -> None:
     (problem,) = unsupported_settings(scenario("broadcast"))
     assert "fidelity" in problem and "--mode sim" in problem
     assert unsupported_settings(scenario("full", network={})) == []
+
+
+def test_process_mode_refuses_bandwidth_limits_in_one_line() -> None:
+    limited = scenario("full", network={"bandwidth_mbps": 100.0})
+    (problem,) = unsupported_settings(limited)
+    assert "bandwidth" in problem and "--mode sim" in problem
