@@ -30,8 +30,9 @@ import numpy as np
 
 from protocol.aggregate import Aggregator, aggregate_with, reference_taker
 from protocol.broadcast import BroadcastInstance, BroadcastParams, Ignored
-from protocol.codec import CodecError, decode_array, decode_report, encode_array, encode_report
+from protocol.codec import CodecError, decode_report, encode_report
 from protocol.crypto import SignatureScheme
+from protocol.encoding import ErrorFeedback, VectorEncoding
 from protocol.messages import Echo, Fetch, FetchReply, InstanceId, Kind, Message, Ready, Send, Tag
 from protocol.step import Broadcast, Decided, Delivered, FaultKind, Output, RoundStarted, Step
 
@@ -52,8 +53,6 @@ _HANDLERS: dict[type[Message], Callable[[BroadcastInstance, int, Any], Step]] = 
     FetchReply: BroadcastInstance.handle_fetch_reply,
 }
 
-#: bytes an array header may add to dim * itemsize on the wire
-ARRAY_HEADER_BYTES_MAX = 64
 #: origins a stall description details, at most
 _WAITING_LISTED_MAX = 8
 
@@ -71,7 +70,8 @@ class VectorMemo:
     (their round's sets agree once every vector has arrived): results are kept by the
     content digests of their inputs, the ``results_max`` latest, and shared read-only. A
     hit returns the bytes a fresh computation would (same inputs, same function), so
-    traces do not change. Only for cores of one configuration (one dtype and dimension).
+    traces do not change. Only for cores of one configuration (one encoding, dtype and
+    dimension).
     """
 
     __slots__ = ("_digests", "_entries", "_results", "entries_max", "results_max")
@@ -145,6 +145,16 @@ class AgreementParams:
     #: our own broadcasts become :class:`~protocol.step.Broadcast` outputs, and
     #: deliveries come in through :meth:`AveragingAgreement.deliver`
     modelled: bool = False
+    #: how vectors travel (``[protocol] encoding``)
+    encoding: str = "f32"
+    #: the core's quantisation residuals (one per phase, carried across steps), or None:
+    #: no error feedback (switched off, or a lossless encoding)
+    feedback: ErrorFeedback | None = None
+    #: encodes and decodes this core's vectors (derived from the fields above)
+    codec: VectorEncoding = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "codec", VectorEncoding(self.encoding, self.dim, self.dtype))
 
     @property
     def report_quorum(self) -> int:
@@ -158,7 +168,7 @@ class AgreementParams:
 
     def payload_bytes_max(self, kind: int) -> int:
         if kind == Kind.VECTOR:
-            return self.dim * self.dtype.itemsize + ARRAY_HEADER_BYTES_MAX
+            return self.codec.payload_bytes_max
         return 8 + 5 * self.broadcast.n  # msgpack list of n small ints
 
 
@@ -405,7 +415,8 @@ class AveragingAgreement:
         # a modelled broadcast has no instance here, and nothing survives a restart
         instance = None if self._params.modelled else self._instance(iid)
         if instance is not None and instance.payload is not None:
-            # We signed this round's vector before a restart: that one, not a new one.
+            # We signed this round's vector before a restart: that one, not a new one,
+            # decoded and checked as every receiver does.
             restored, why = self._validate_vector(instance.payload)
             if restored is None:
                 raise RuntimeError(f"our own restored vector is unusable: {why}")
@@ -418,10 +429,28 @@ class AveragingAgreement:
                     self._held_back = vector
                     return Step()
                 vector = filtered
-            step = self._broadcast_own(iid, encode_array(vector))
+            payload, vector = self._encode_own(vector)
+            step = self._broadcast_own(iid, payload)
         self._rounds[round_].own = vector
         step.outputs.insert(0, RoundStarted(self.step, self.phase, round_, vector))
         return step
+
+    def _encode_own(self, vector: np.ndarray) -> tuple[bytes, np.ndarray]:
+        """(payload to sign and send, our round's vector). The origin encodes before it
+        signs and keeps the *decoded* vector, so that it aggregates exactly what every
+        other honest node receives from it. The phase's residual (error feedback) is added
+        first and what rounding takes now becomes the next residual. Only a vector
+        filter's invalid vector (a Byzantine test's) fails to decode: it is kept as given."""
+        params = self._params
+        feedback = params.feedback
+        sent = vector if feedback is None else feedback.add(self.phase, vector)
+        payload = params.codec.encode(sent)
+        decoded, _why = self._validate_vector(payload)
+        if decoded is None:
+            return payload, vector
+        if feedback is not None:
+            feedback.update(self.phase, sent, decoded, params.codec.saturation)
+        return payload, decoded
 
     def _consume_deliveries(self, raw: Step) -> Step:
         """Run broadcast deliveries through the agreement until nothing more follows.
@@ -493,16 +522,9 @@ class AveragingAgreement:
 
     def _check_vector(self, payload: bytes | memoryview) -> tuple[np.ndarray | None, str]:
         try:
-            vector = decode_array(payload)
+            return self._params.codec.decode(payload), ""
         except CodecError as exc:
             return None, str(exc)
-        if vector.dtype != self._params.dtype:
-            return None, f"dtype {vector.dtype} instead of {self._params.dtype}"
-        if vector.shape != (self._params.dim,):
-            return None, f"shape {vector.shape} instead of ({self._params.dim},)"
-        if not np.isfinite(vector).all():
-            return None, "vector has NaN or infinite values"
-        return vector, ""
 
     def _complete_round(self) -> Step | None:
         """Aggregate and move on (or decide) once the current round can complete."""

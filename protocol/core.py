@@ -44,7 +44,6 @@ import numpy as np
 
 from protocol.aggregate import compose, tolerance_problem
 from protocol.agreement import (
-    ARRAY_HEADER_BYTES_MAX,
     AgreementParams,
     AveragingAgreement,
     VectorFilter,
@@ -53,6 +52,7 @@ from protocol.agreement import (
 from protocol.broadcast import BroadcastParams, Ignored
 from protocol.codec import CodecError, decode
 from protocol.crypto import SESSION_ID_BYTES, SignatureScheme
+from protocol.encoding import ENCODINGS, ErrorFeedback, VectorEncoding
 from protocol.messages import (
     Catchup,
     Control,
@@ -123,6 +123,10 @@ class ProtocolConfig:
     steps_total: int | None = None
     #: rules applied in order before the aggregator (protocol.aggregate.PRE_AGGREGATORS)
     pre_aggregators: tuple[str, ...] = ()
+    #: how vectors travel (protocol.encoding.ENCODINGS); every node of a run uses one
+    encoding: str = "f32"
+    #: carry each lossy encoding's rounding error into the node's next vector of the phase
+    error_feedback: bool = True
 
     def __post_init__(self) -> None:
         if not isinstance(self.pre_aggregators, tuple):
@@ -139,6 +143,10 @@ class ProtocolConfig:
             raise ValueError(f"dim must be positive, got {self.dim}")
         if self.dtype not in ("<f4", "<f8"):
             raise ValueError(f"dtype must be <f4 or <f8, got {self.dtype}")
+        if self.encoding not in ENCODINGS:
+            raise ValueError(
+                f"encoding must be one of {', '.join(ENCODINGS)}, got {self.encoding!r}"
+            )
         if self.steps_ahead_max < 0 or self.steps_retained < 0:
             raise ValueError("window sizes must be non-negative")
         if self.steps_total is not None and self.steps_total < 1:
@@ -147,7 +155,7 @@ class ProtocolConfig:
     @property
     def payload_bytes_max(self) -> int:
         """The largest payload a message may carry: an encoded vector."""
-        return self.dim * np.dtype(self.dtype).itemsize + ARRAY_HEADER_BYTES_MAX
+        return VectorEncoding(self.encoding, self.dim, np.dtype(self.dtype)).payload_bytes_max
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,10 +198,18 @@ class NodeCore:
         broadcast fidelity): own broadcasts come out as :class:`~protocol.step.Broadcast`
         outputs and deliveries go in through :meth:`deliver`. ``vector_memo``: shared by
         cores that receive the very same payload objects (the simulator's), so that each
-        delivered vector is decoded and checked once, not once per core."""
+        delivered vector is decoded and checked once, not once per core.
+
+        With a lossy ``config.encoding`` and ``config.error_feedback``, the core holds the
+        node's quantisation residuals (:class:`~protocol.encoding.ErrorFeedback`, one per
+        phase, carried from step to step). They are not persisted: a restarted node starts
+        with a zero residual, which costs one round's rounding error and nothing else."""
         self.config = config
         self._scheme = scheme
         self._ignored = Ignored(config.n)
+        #: the node's quantisation residuals, None without error feedback
+        lossy = VectorEncoding(config.encoding, config.dim, np.dtype(config.dtype)).lossy
+        self.error_feedback = ErrorFeedback() if config.error_feedback and lossy else None
         self._params = AgreementParams(
             BroadcastParams(config.n, config.f, config.me, config.session),
             config.dim,
@@ -203,6 +219,8 @@ class NodeCore:
             self._ignored,
             vector_memo,
             modelled_broadcast,
+            config.encoding,
+            self.error_feedback,
         )
         self._agreements: dict[tuple[int, int], AveragingAgreement] = {}
         self._step = 0

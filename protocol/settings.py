@@ -20,6 +20,7 @@ from typing import Any, Final
 
 from protocol.aggregate import AGGREGATORS, PRE_AGGREGATORS, tolerance_problem
 from protocol.core import GradientSchedule, ProtocolConfig, RoundSchedule
+from protocol.encoding import ENCODINGS
 
 #: the key under which a field's :class:`SettingInfo` sits in its metadata
 METADATA_KEY: Final = "jungle.setting"
@@ -161,6 +162,17 @@ class ProtocolSettings:
         minimum=0,
         unit="steps",
     )
+    encoding: str = setting(
+        "f32",
+        "how vectors travel: f32 (4 bytes a value), f16 or bf16 (2, saturating), int8 "
+        "(1 + a float32 scale per 256 values); every node of a run must use the same",
+        choices=ENCODINGS,
+    )
+    error_feedback: bool = setting(
+        True,
+        "carry each lossy encoding's rounding error into the node's next vector of the "
+        "phase (off: for experiments)",
+    )
     crypto: bool = setting(
         True,
         "Ed25519 signatures on every SEND; only a simulation may switch them off (the "
@@ -222,4 +234,6 @@ class ProtocolSettings:
             steps_ahead_max=self.steps_ahead_max,
             steps_retained=self.steps_retained,
             steps_total=steps_total,
+            encoding=self.encoding,
+            error_feedback=self.error_feedback,
         )

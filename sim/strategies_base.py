@@ -37,6 +37,7 @@ import numpy as np
 from protocol.codec import CodecError, decode
 from protocol.core import ProtocolConfig
 from protocol.crypto import SignatureScheme
+from protocol.encoding import VectorEncoding
 from protocol.messages import Catchup, Finished, Message, Phase
 
 #: (step, phase, round) -> the honest nodes' vectors of that agreement round seen so far,
@@ -109,6 +110,8 @@ class StrategyContext:
     #: (step, phase, round) -> how many honest nodes have entered the round or still can
     #: (a waiting host knows; None: every honest node)
     honest_expected: Callable[[int, int, int], int] | None = None
+    #: how the run's vectors travel (``[protocol] encoding``): to rewrite a payload
+    encoding: str = "f32"
 
     @classmethod
     def from_config(
@@ -143,7 +146,13 @@ class StrategyContext:
             pre_aggregators=tuple(config.pre_aggregators),
             flipped_gradients=flipped_gradients,
             honest_expected=honest_expected,
+            encoding=config.encoding,
         )
+
+    @property
+    def vector_encoding(self) -> VectorEncoding:
+        """Encodes and decodes this run's vectors as the node's core does."""
+        return VectorEncoding(self.encoding, self.dim, self.dtype)
 
     @property
     def honest_nodes(self) -> frozenset[int]:

@@ -169,10 +169,15 @@ class Equivocate(_Targeted):
 
     def _other_payload(self, kind: int, payload: bytes) -> bytes:
         try:
-            if kind == Kind.VECTOR:
-                vector = decode_array(payload)
+            if kind == Kind.VECTOR and self.ctx.encoding == "f32":
+                vector = decode_array(payload)  # any shape: combined with wrong_length
                 other = vector + 1 if not np.any(vector) else -vector
                 return encode_array(other.astype(vector.dtype, copy=False))
+            if kind == Kind.VECTOR:  # in the run's encoding, so that it decodes
+                codec = self.ctx.vector_encoding
+                vector = codec.decode(payload)
+                other = vector + 1 if not np.any(vector) else -vector
+                return codec.encode(other)
             return encode_report(self._other_report(decode_report(payload, self.ctx.n)))
         except CodecError:  # our payload was already mangled (combined strategies)
             return payload + b"\x00"

@@ -19,7 +19,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from protocol.codec import decode_array, encode, encode_array
+from protocol.codec import encode
 from protocol.core import NodeCore, ProtocolConfig, RoundSchedule
 from protocol.crypto import SignatureScheme, digest
 from protocol.messages import InstanceId, Kind, Message, Send
@@ -112,12 +112,13 @@ class StrategyBehaviour(Behaviour):
         cached = self._rewritten.get(send.iid)
         if cached is None:
             tag = send.iid.tag
-            honest = np.array(decode_array(send.payload))
+            ctx = self.strategy.ctx
+            codec = ctx.vector_encoding  # the core's: its own vector decodes
+            honest = np.array(codec.decode(send.payload))
             vector = self.strategy.vector(tag.step, tag.phase, tag.round, honest)
             cached = send
             if vector is not honest:
-                payload = encode_array(vector)
-                ctx = self.strategy.ctx
+                payload = codec.encode(vector)
                 signature = ctx.scheme.sign(ctx.session, send.iid, digest(payload))
                 cached = Send(send.iid, payload, signature)
             oldest = tag.step - _REWRITES_STEPS_KEPT
@@ -217,6 +218,7 @@ def strategy_cluster(
     schedule: RoundSchedule | None = None,
     crypto: bool = True,
     steps_total: int | None = None,
+    encoding: str = "f32",
 ) -> Cluster:
     """A cluster whose Byzantine nodes are wired as the simulator wires them: the vector
     filter inside the core, and an omniscient view of the honest vectors of each round
@@ -254,6 +256,7 @@ def strategy_cluster(
         schedule=schedule,
         core_factory=core_factory,
         steps_total=steps_total,
+        encoding=encoding,
     )
     clusters.append(cluster)
     return cluster

@@ -204,6 +204,8 @@ class Cluster:
         dtype: str = "<f4",
         core_factory: Callable[[ProtocolConfig, SignatureScheme], NodeCore] = NodeCore,
         steps_total: int | None = None,
+        encoding: str = "f32",
+        error_feedback: bool = True,
     ) -> None:
         self.n, self.f = n, f
         self._core_factory = core_factory
@@ -222,6 +224,8 @@ class Cluster:
                 aggregator=aggregator,
                 schedule=schedule or RoundSchedule(),
                 steps_total=steps_total,
+                encoding=encoding,
+                error_feedback=error_feedback,
             )
             scheme: SignatureScheme = (
                 Ed25519Scheme(node_seed(i), keys) if crypto else UnsignedScheme()

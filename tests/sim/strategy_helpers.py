@@ -69,10 +69,12 @@ def out(strategy: Strategy, dst: int, message: Message) -> list[bytes]:
     return list(strategy.outgoing(dst, message, encode(message)))
 
 
-def attacked(n: int, f: int, spec: Any, seed: int, rounds: int = 2) -> Cluster:
+def attacked(
+    n: int, f: int, spec: Any, seed: int, rounds: int = 2, encoding: str = "f32"
+) -> Cluster:
     """Honest nodes with random vectors, f seeded Byzantine ids running ``spec``, random
-    delivery delays, ``rounds`` agreement rounds, a run of :data:`STEPS_TOTAL` steps: run
-    to quiescence."""
+    delivery delays, ``rounds`` agreement rounds, a run of :data:`STEPS_TOTAL` steps, vectors
+    in ``encoding``: run to quiescence."""
     byzantine = sorted(random.Random(seed).sample(range(n), f))
     cluster = strategy_cluster(
         n,
@@ -82,6 +84,7 @@ def attacked(n: int, f: int, spec: Any, seed: int, rounds: int = 2) -> Cluster:
         adversary=RandomDelays(seed),
         schedule=RoundSchedule(GradientSchedule.CONSTANT, gradient_rounds=rounds),
         steps_total=STEPS_TOTAL,
+        encoding=encoding,
     )
     rng = np.random.default_rng(seed)
     cluster.propose(0, 0, {i: rng.standard_normal(4).astype(np.float32) for i in range(n)})

@@ -123,6 +123,17 @@ def test_learning_attacks_are_well_formed_so_nobody_is_accused(name: str) -> Non
         assert cluster.accused() == set(), (name, seed)
 
 
+@pytest.mark.parametrize("encoding", ["f16", "bf16", "int8"])
+def test_learning_attacks_stay_well_formed_under_lossy_encodings(encoding: str) -> None:
+    """A filter's vector (even scaling's large one) is encoded, saturated if need be,
+    never turned into a bad payload: nobody is accused."""
+    for name in ("scaling", "alie", "ipm_large", "constant"):
+        for seed in SEEDS:
+            cluster = attacked(4, 1, name, seed, encoding=encoding)
+            assert all((0, 0) in cluster.nodes[i].decided for i in cluster.honest), (name, seed)
+            assert cluster.accused() == set(), (name, encoding, seed)
+
+
 def test_omniscient_alie_uses_the_honest_vectors_of_its_round() -> None:
     n, f = 7, 2
     cluster = strategy_cluster(

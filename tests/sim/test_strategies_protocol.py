@@ -244,6 +244,24 @@ def test_honest_nodes_decide_and_accuse_only_attackers(case: str, n: int, f: int
                 assert fault.evidence.verify(public_keys(n)[fault.accused]), where
 
 
+@pytest.mark.parametrize("encoding", ["f16", "bf16", "int8"])
+@pytest.mark.parametrize("case", ["equivocate", "wrong_length", "nan_inf", "equivocate+ipm"])
+def test_vector_attacks_are_caught_under_every_lossy_encoding(case: str, encoding: str) -> None:
+    """The attacks that rewrite vectors encode them as the run does (the filter's NaN and
+    Inf survive encoding; an equivocator's second payload is in the run's encoding)."""
+    spec, expected = PROTOCOL_CASES[case]
+    assert expected is not None
+    for seed in SEEDS:
+        cluster = attacked(4, 1, spec, seed, encoding=encoding)
+        where = f"(strategy={case}, encoding={encoding}, seed={seed})"
+        for i in cluster.honest:
+            assert (0, 0) in cluster.nodes[i].decided, f"honest node {i} did not decide {where}"
+        assert cluster.accused() <= set(cluster.byzantine), where
+        kinds = {(fault.accused, fault.kind) for fault in cluster.honest_faults()}
+        for attacker in cluster.byzantine:
+            assert any((attacker, kind) in kinds for kind in expected), where
+
+
 @pytest.mark.parametrize(("n", "f"), SYSTEMS)
 def test_copies_of_every_message_are_counted_once_and_nobody_is_accused(n: int, f: int) -> None:
     """Honest nodes send copies too (after a restart, or answering a catch-up), so a copy
