@@ -429,20 +429,26 @@ class AveragingAgreement:
                     self._held_back = vector
                     return Step()
                 vector = filtered
-            payload, vector = self._encode_own(vector)
+            payload, vector = self._encode_own(vector, round_)
             step = self._broadcast_own(iid, payload)
         self._rounds[round_].own = vector
         step.outputs.insert(0, RoundStarted(self.step, self.phase, round_, vector))
         return step
 
-    def _encode_own(self, vector: np.ndarray) -> tuple[bytes, np.ndarray]:
+    def _encode_own(self, vector: np.ndarray, round_: int) -> tuple[bytes, np.ndarray]:
         """(payload to sign and send, our round's vector). The origin encodes before it
         signs and keeps the *decoded* vector, so that it aggregates exactly what every
-        other honest node receives from it. The phase's residual (error feedback) is added
-        first and what rounding takes now becomes the next residual. Only a vector
-        filter's invalid vector (a Byzantine test's) fails to decode: it is kept as given."""
+        other honest node receives from it. In round 0 (our proposal: a gradient, a
+        pseudo-gradient, our model) the phase's residual (error feedback) is added first,
+        and what rounding takes now becomes the residual of our next proposal. Later rounds
+        send aggregates, consensus iterates that must contract: their rounding (at most
+        half an int8 step of the block) is left to the contraction, not carried (carried
+        into the next round, it moved each node's iterate away from the others: measured,
+        honest accuracy 0.80 instead of 0.85 under the optimal IPM attack, H = 16, int8).
+        Only a vector filter's invalid vector (a Byzantine test's) fails to decode: it is
+        kept as given."""
         params = self._params
-        feedback = params.feedback
+        feedback = params.feedback if round_ == 0 else None
         sent = vector if feedback is None else feedback.add(self.phase, vector)
         payload = params.codec.encode(sent)
         decoded, _why = self._validate_vector(payload)

@@ -171,11 +171,12 @@ class VectorEncoding:
 
 @dataclass(slots=True)
 class ErrorFeedback:
-    """A node's quantisation residual (vector sent - decoded), one per phase, carried into
-    its next own vector of that phase: the next round of the agreement, or the first round
-    of the next step's agreement of the phase. So what the node contributes over many
-    rounds adds up to what it meant to send (within one residual), instead of drifting by
-    the rounding error of each round.
+    """A node's quantisation residual (proposal sent - decoded), one per phase, carried
+    into its next proposal of that phase: the round-0 vector of the next step's agreement
+    of the phase (its next gradient, pseudo-gradient or model). So what the node proposes
+    over many steps adds up to what it meant to propose (within one residual), instead of
+    drifting by the rounding error of each step. Later rounds' vectors (aggregates) are
+    not fed back (:meth:`AveragingAgreement._encode_own` says why).
 
     It lives in memory only (held by :class:`~protocol.core.NodeCore`): a restarted node
     starts with a zero residual. The residual of a saturated value (beyond f16's range, say)

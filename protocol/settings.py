@@ -170,8 +170,8 @@ class ProtocolSettings:
     )
     error_feedback: bool = setting(
         True,
-        "carry each lossy encoding's rounding error into the node's next vector of the "
-        "phase (off: for experiments)",
+        "carry each lossy encoding's rounding error of a node's proposal (round 0) into "
+        "its next proposal of the phase (off: for experiments)",
     )
     crypto: bool = setting(
         True,

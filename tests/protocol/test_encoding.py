@@ -460,6 +460,43 @@ def test_error_feedback_is_one_residual_per_phase_carried_across_steps() -> None
     np.testing.assert_array_equal(feedback.add(0, x[:3]), x[:3])
 
 
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("name", LOSSY)
+def test_only_proposals_are_fed_back_not_the_later_rounds_aggregates(name: str, seed: int) -> None:
+    """Rounds 1.. send aggregates (consensus iterates that must contract): they are encoded
+    as they are, so after a 3-round agreement each node's residual is still the one its
+    proposal (round 0) left, and its next proposal gets exactly that one."""
+    c = codec(name, DIM)
+    cluster = Cluster(
+        4,
+        1,
+        dim=DIM,
+        adversary=RandomDelays(seed),
+        schedule=RoundSchedule(GradientSchedule.CONSTANT, gradient_rounds=3),
+        encoding=name,
+    )
+    rng = np.random.default_rng(seed)
+    key = (0, int(Phase.GRADIENT))
+    first = {i: spread(rng, DIM) for i in range(4)}
+    cluster.propose(0, Phase.GRADIENT, first)
+    cluster.run()
+    second = {i: spread(rng, DIM) for i in range(4)}
+    for i in cluster.honest:
+        node = cluster.nodes[i]
+        assert len(node.rounds[key]) == 3, f"seed {seed} node {i}"
+        feedback = node.core.error_feedback
+        assert feedback is not None
+        residual = first[i] - node.rounds[key][0]
+        np.testing.assert_array_equal(
+            feedback.residuals[int(Phase.GRADIENT)], residual, err_msg=f"seed {seed} node {i}"
+        )
+    cluster.propose(1, Phase.GRADIENT, second)
+    for i in cluster.honest:
+        started = cluster.nodes[i].rounds[(1, int(Phase.GRADIENT))][0]
+        proposal = second[i] + (first[i] - cluster.nodes[i].rounds[key][0])
+        np.testing.assert_array_equal(started, c.decode(c.encode(proposal)))
+
+
 def test_a_saturated_values_excess_is_not_carried_and_a_sum_never_overflows() -> None:
     feedback = ErrorFeedback()
     c = codec("f16", 2)
