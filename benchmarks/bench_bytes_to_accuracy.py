@@ -227,7 +227,7 @@ def bytes_table(results: dict[str, dict[str, Any]]) -> tuple[list[str], tuple[in
         f"honest_accuracy_min >= {TARGET}; time: every link {WAN_DELAY_S * 1e3:.0f} ms, "
         f"{WAN_UPLINK_MBPS:.0f} Mbit/s uplinks",
         "",
-        "| H | encoding | steps | to 0.85: step (local batches) | bytes/node to 0.85 | "
+        "| H | encoding | steps | 0.85 at step (0-based; local batches) | bytes/node to 0.85 | "
         "fewer than today | virtual s to 0.85 (WAN) | uplink busy s/node, whole run (WAN) | "
         "final acc |",
         "|---:|---|---:|---:|---:|---:|---:|---:|---:|",
