@@ -210,3 +210,12 @@ def test_gpu_smoke_local_steps_match_cpu(digits: Task) -> None:
         gpu.set_parameters(gpu.parameters())
     np.testing.assert_allclose(cpu.parameters(), gpu.parameters(), atol=1e-4)
     assert abs(cpu.evaluate()[1] - gpu.evaluate()[1]) < 0.02
+
+
+def test_jungle_sim_device_flag_sets_the_scenarios_training_device() -> None:
+    from sim.cli import _load, build_parser
+
+    args = build_parser().parse_args(["default", "--device", "cpu", "--steps", "2"])
+    scenario = _load(args)
+    assert scenario.training.device == "cpu" and scenario.steps == 2
+    assert _load(build_parser().parse_args(["default"])).training.device == "auto"
