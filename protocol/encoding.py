@@ -17,8 +17,8 @@ Non-finite input stays non-finite, so a NaN a Byzantine filter sends is still re
 Decoding is strict and pure: :meth:`VectorEncoding.decode` returns a finite, read-only
 ``(dim,)`` vector of the core's dtype or raises :class:`~protocol.codec.CodecError` (never
 anything else) for a wrong tag for this node's encoding, a wrong length, a wrong byte or
-block count, int8 bytes of -128, scales that are negative, NaN/Inf or so large that
-``scale x 127`` overflows float32, and non-finite values. Every honest node decodes the
+block count, int8 bytes of -128, scales that are negative, subnormal, NaN/Inf or so large
+that ``scale x 127`` overflows float32, and non-finite values. Every honest node decodes the
 same bytes to the same vector, so the agreement drops a bad payload identically everywhere.
 
 The origin encodes *before* it signs, and its round's own vector is the decoded one, so
@@ -50,6 +50,9 @@ F16_MAX: Final = float(np.finfo(np.float16).max)  # 65504
 #: the largest finite bfloat16 (0x7F7F): 3.3895e38
 BF16_MAX: Final = float(np.uint32(0x7F7F0000).view(np.float32))
 _F32_MAX: Final = float(np.finfo(np.float32).max)
+#: the smallest normal float32: int8 scales are 0 or at least this, so that no decode ever
+#: touches a subnormal (which a process with flush-to-zero would read as 0)
+F32_TINY: Final = float(np.finfo(np.float32).tiny)
 _TAGS: Final = {"f16": "f16", "bf16": "bf16", "int8": "int8"}
 _HEADER_LEN = struct.Struct("<H")
 _BF16_MAX_BITS: Final = np.uint16(0x7F7F)
@@ -209,6 +212,8 @@ class ErrorFeedback:
             residual = sent - decoded
         if saturation is not None:
             residual[np.abs(decoded) >= saturation] = 0
+        # beyond float32's range (a float64 core) every encoding saturates: not rounding
+        residual[np.abs(sent) > _F32_MAX] = 0
         residual[~np.isfinite(residual)] = 0
         self.residuals[phase] = residual
 
@@ -244,7 +249,7 @@ def encode_bf16(values: np.ndarray) -> np.ndarray:
         nan = np.isnan(values)  # rounding may carry a NaN's low bits into Inf or -0.0
         sign = (bits[nan] >> 16).astype(np.uint16) & np.uint16(0x8000)
         rounded[nan] = sign | _BF16_QUIET_NAN
-    return rounded
+    return rounded.astype("<u2", copy=False)  # little-endian on the wire, on every host
 
 
 def decode_bf16(bits: np.ndarray) -> np.ndarray:
@@ -270,6 +275,7 @@ def encode_int8(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         too_big = scales.astype(np.float64) * INT8_MAX > _F32_MAX
     if too_big.any():
         scales[too_big] = np.nextafter(scales[too_big], np.float32(0))
+    scales[scales < np.float32(F32_TINY)] = 0  # subnormal scales: the block sends zeros
     usable = (scales > 0) & np.isfinite(scales)
     quotient = np.zeros_like(rows)
     np.divide(rows, scales[:, None], out=quotient, where=usable[:, None])
@@ -286,6 +292,8 @@ def decode_int8(scales: np.ndarray, quantized: np.ndarray) -> np.ndarray:
         raise CodecError("int8 scale is NaN or infinite")
     if (scales < 0).any():
         raise CodecError("int8 scale is negative")
+    if ((scales > 0) & (scales < np.float32(F32_TINY))).any():
+        raise CodecError("int8 scale is subnormal (an encoder sends 0 instead)")
     if (scales.astype(np.float64) * INT8_MAX > _F32_MAX).any():
         raise CodecError(f"int8 scale x {INT8_MAX} overflows float32")
     if (quantized == -128).any():

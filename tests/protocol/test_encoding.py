@@ -249,8 +249,39 @@ def malformed(name: str) -> dict[str, bytes]:
         cases["scale nan"] = with_scales(np.nan, 1)
         cases["scale inf"] = with_scales(1, np.inf)
         cases["scale x 127 overflows"] = with_scales(3e38, 1)
+        cases["scale subnormal"] = with_scales(1, 1e-40)
         cases["value -128"] = with_scales(1, 1)[:-1] + b"\x80"
     return cases
+
+
+def test_int8_never_sends_or_decodes_a_subnormal_scale() -> None:
+    """A process with flush-to-zero would read a subnormal as 0: honest encoders send a
+    block that small as zeros (scale 0), and receivers refuse a subnormal scale."""
+    c = codec("int8", 2 * INT8_BLOCK)
+    x = np.zeros(2 * INT8_BLOCK, np.float32)
+    x[:INT8_BLOCK] = 1e-37  # max / 127 would be subnormal
+    x[INT8_BLOCK] = 1e-30
+    decoded = c.decode(c.encode(x))
+    assert not decoded[:INT8_BLOCK].any()
+    tiny = np.finfo(np.float32).tiny
+    assert ((decoded == 0) | (np.abs(decoded) >= tiny)).all()
+    assert decoded[INT8_BLOCK] == pytest.approx(1e-30, rel=1e-2)
+
+
+def test_bf16_payload_is_little_endian_whatever_the_host() -> None:
+    bits = encode_bf16(np.array([1.0, -2.5], np.float32))
+    assert bits.dtype == np.dtype("<u2")
+    assert bits.tobytes() == bytes([0x80, 0x3F, 0x20, 0xC0])
+
+
+def test_a_float64_value_beyond_float32_leaves_no_growing_residual() -> None:
+    feedback = ErrorFeedback()
+    c = VectorEncoding("int8", 4, np.dtype("<f8"))
+    for _ in range(5):
+        sent = feedback.add(0, np.array([1e39, 1.0, -2.0, 3.0]))
+        assert sent[0] == 1e39  # nothing carried onto the saturated value
+        feedback.update(0, sent, c.decode(c.encode(sent)), c.saturation)
+        assert feedback.residuals[0][0] == 0  # saturation is not rounding error
 
 
 @pytest.mark.parametrize("name", ENCODINGS)
