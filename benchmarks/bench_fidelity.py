@@ -20,17 +20,13 @@ import argparse
 import os
 import platform
 import time
-from dataclasses import replace
 
 import numpy as np
 
-from node.partition import partition
-from node.tasks import load_task
-from node.trainer import Trainer
 from protocol.aggregate import trimmed_mean
 from sim.engine import run_scenario
 from sim.scenario import Scenario, resolve_scenario
-from sim.streams import PURPOSE_PARTITION, PURPOSE_TASK, PURPOSE_TRAINER, stream_seed
+from sim.streams import node_trainer, task_and_parts
 
 GOAL_BROADCAST_S = 10.0
 GOAL_VS_SERVER = 8.0
@@ -52,29 +48,8 @@ def scenario(steps: int, fidelity: str) -> Scenario:
 def server_loop(base: Scenario) -> tuple[float, float]:
     """(wall seconds, final test accuracy) of the same learning around one server."""
     started = time.perf_counter()
-    seed = base.seed
-    task = load_task(base.task.name, stream_seed(seed, PURPOSE_TASK))
-    spec = base.partition
-    parts = partition(
-        task.train.y.numpy(),
-        base.n,
-        spec.scheme,
-        stream_seed(seed, PURPOSE_PARTITION),
-        alpha=spec.alpha,
-        shards_per_node=spec.shards_per_node,
-    )
-    training = replace(base.training, torch_threads=1)
-    workers = [
-        Trainer(
-            task,
-            parts[node],
-            training,
-            node_seed=node,
-            label_map=None,
-            seed=stream_seed(seed, PURPOSE_TRAINER),
-        )
-        for node in range(base.n)
-    ]
+    task, parts = task_and_parts(base)
+    workers = [node_trainer(base, task, parts[node], node, None) for node in range(base.n)]
     server = workers[0]
     for _ in range(base.steps):
         model = server.parameters()

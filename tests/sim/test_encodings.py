@@ -11,9 +11,9 @@ import torch
 from torch import nn
 
 from sim.engine import run_scenario
-from sim.scenario import Scenario
+from tests.sim.test_engine import tiny
 
-#: the trace digest of ``small()`` at seed 7, recorded on b9b7806 (before encodings)
+#: the trace digest of test_engine.py's ``tiny()`` at seed 7, recorded on b9b7806 (before encodings)
 DIGEST_BEFORE_ENCODINGS = "5165446f26f4c3a5b0475c21a7bfa65ff2b6547ac4fb05ac0761113204ee6904"
 FEATURES, CLASSES = 2000, 10  # a 20,010-parameter linear model: payload bytes dominate
 
@@ -33,27 +33,8 @@ def wide_task() -> tuple[nn.Module, tuple[torch.Tensor, torch.Tensor], tuple[Any
     )
 
 
-def small(**values: Any) -> Scenario:
-    """tests/sim/test_engine.py's tiny scenario: n=4, f=1, synthetic, 3 steps."""
-    base: dict[str, Any] = {
-        "name": "tiny",
-        "n": 4,
-        "f": 1,
-        "steps": 3,
-        "task": "synthetic",
-        "eval_every": 1,
-        "protocol": {"crypto": False},
-        "network": {
-            "link_delay": {"model": "lognormal", "median_s": 0.01, "sigma": 0.8},
-            "reorder_jitter_s": 0.002,
-            "duplicate_prob": 0.05,
-        },
-    }
-    return Scenario.from_dict(base).with_values(values)
-
-
 def test_f32_is_the_run_before_encodings_existed() -> None:
-    for scenario in (small(), small(**{"protocol.encoding": "f32"})):
+    for scenario in (tiny(), tiny(**{"protocol.encoding": "f32"})):
         summary = run_scenario(scenario, None, seed=7, progress=False)
         assert summary.completed, "seed 7"
         assert summary.trace_digest == DIGEST_BEFORE_ENCODINGS, "seed 7"
@@ -65,7 +46,7 @@ def test_int8_sends_about_a_quarter_of_the_bytes_of_f32(fidelity: str) -> None:
     sent: dict[str, int] = {}
     sends: dict[str, int] = {}
     for encoding in ("f32", "bf16", "int8"):
-        scenario = small(
+        scenario = tiny(
             **{
                 "task": "tests.sim.test_encodings:wide_task",
                 "steps": 2,
