@@ -36,15 +36,16 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import multiprocessing
 import statistics
 import sys
 import tempfile
 import time
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
+
+from benchmarks import cells as cell_cache
+from benchmarks.cells import cell_key
 
 TARGET = 0.85
 GOAL_RATIO = 50.0
@@ -160,39 +161,13 @@ def _run_any(cell: dict[str, Any]) -> dict[str, Any]:
     return run_cell(cell)
 
 
-def _key(cell: dict[str, Any]) -> str:
-    return json.dumps(cell, sort_keys=True)
-
-
 def run_cells(cells: list[dict[str, Any]], out: Path, workers: int) -> dict[str, dict[str, Any]]:
-    """Every cell's result, from the cache or computed (and appended to it)."""
-    out.mkdir(parents=True, exist_ok=True)
-    cache = out / "cells.jsonl"
-    done: dict[str, dict[str, Any]] = {}
-    if cache.exists():
-        for line in cache.read_text(encoding="utf-8").splitlines():
-            record = json.loads(line)
-            done[record["key"]] = record
-    todo = [cell for cell in cells if _key(cell) not in done]
-    print(f"{len(cells)} runs, {len(cells) - len(todo)} cached, {len(todo)} to run", flush=True)
-    if not todo:
-        return done
-    started = time.perf_counter()
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(workers, mp_context=context) as pool, cache.open("a") as sink:
-        futures = {pool.submit(_run_any, cell): cell for cell in todo}
-        for index, future in enumerate(as_completed(futures), 1):
-            cell = futures[future]
-            record = {**future.result(), "key": _key(cell)}
-            sink.write(json.dumps(record, sort_keys=True) + "\n")
-            sink.flush()
-            done[record["key"]] = record
-            print(
-                f"  [{index}/{len(todo)}] {_label(cell)}: {_outcome(record)} "
-                f"({record['wall_s']:.0f} s; {time.perf_counter() - started:.0f} s so far)",
-                flush=True,
-            )
-    return done
+    """Every cell's record, from the cache (``out``/cells.jsonl) or computed."""
+    return cell_cache.run_cells(cells, out / "cells.jsonl", workers, _run_any, _describe)
+
+
+def _describe(cell: dict[str, Any], record: dict[str, Any]) -> str:
+    return f"{_label(cell)}: {_outcome(record)}"
 
 
 def _label(cell: dict[str, Any]) -> str:
@@ -219,7 +194,7 @@ def _mb(value: float) -> str:
 
 
 def bytes_table(results: dict[str, dict[str, Any]]) -> tuple[list[str], tuple[int, str] | None]:
-    today = results[_key(bytes_cell(1, "f32", "default"))]
+    today = results[cell_key(bytes_cell(1, "f32", "default"))]
     base = today["hit"]["bytes_per_node"] if today["hit"] else math.nan
     lines = [
         f"`{COMMAND} --part bytes`: default scenario (n=10, f=3: ALIE, equivocation + sign "
@@ -235,8 +210,8 @@ def bytes_table(results: dict[str, dict[str, Any]]) -> tuple[list[str], tuple[in
     best: tuple[float, tuple[int, str]] | None = None
     for h in INNER_STEPS:
         for encoding in ENCODINGS:
-            run = results[_key(bytes_cell(h, encoding, "default"))]
-            wan = results[_key(bytes_cell(h, encoding, "wan"))]
+            run = results[cell_key(bytes_cell(h, encoding, "default"))]
+            wan = results[cell_key(bytes_cell(h, encoding, "wan"))]
             hit, wan_hit = run["hit"], wan["hit"]
             name = "today's default" if (h, encoding) == (1, "f32") else ""
             reached = "never" if hit is None else f"{hit['step']} ({hit['batches']})"
@@ -284,8 +259,10 @@ def robustness_table(
     ]
     met = True
     for attack in ATTACKS:
-        base = [results[_key(robustness_cell(attack, s, 1, "f32"))]["accuracy"] for s in seeds]
-        comp = [results[_key(robustness_cell(attack, s, h, encoding))]["accuracy"] for s in seeds]
+        base = [results[cell_key(robustness_cell(attack, s, 1, "f32"))]["accuracy"] for s in seeds]
+        comp = [
+            results[cell_key(robustness_cell(attack, s, h, encoding))]["accuracy"] for s in seeds
+        ]
         worst = min(c - b for b, c in zip(base, comp, strict=True))
         if attack != "none":
             met &= worst >= -WITHIN

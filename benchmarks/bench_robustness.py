@@ -22,16 +22,16 @@ Cells run in a process pool (``--workers``, default 2) and each result is cached
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import multiprocessing
 import statistics
 import sys
 import time
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
+
+from benchmarks import cells as cell_cache
+from benchmarks.cells import cell_key
 
 ATTACKS = (
     "none",
@@ -56,10 +56,6 @@ CONFIGS: dict[str, tuple[str, str, tuple[str, ...]]] = {
 HEATMAP_F = (1, 2, 3)
 HEATMAP_ALPHA = (0.1, 0.5, 1.0, 10.0)
 WITHIN = 0.05
-
-
-def cell_key(cell: dict[str, Any]) -> str:
-    return json.dumps(cell, sort_keys=True)
 
 
 def run_cell(cell: dict[str, Any]) -> dict[str, Any]:
@@ -97,33 +93,17 @@ def run_cell(cell: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_cells(cells: list[dict[str, Any]], out: Path, workers: int) -> dict[str, dict[str, Any]]:
-    """Every cell's result, from the cache or computed (and appended to it)."""
-    cache = out / "cells.jsonl"
-    done: dict[str, dict[str, Any]] = {}
-    if cache.exists():
-        for line in cache.read_text(encoding="utf-8").splitlines():
-            record = json.loads(line)
-            done[cell_key({k: record[k] for k in cells[0]})] = record
-    todo = [cell for cell in cells if cell_key(cell) not in done]
-    print(f"{len(cells)} cells, {len(cells) - len(todo)} cached, {len(todo)} to run", flush=True)
-    started = time.perf_counter()
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(workers, mp_context=context) as pool, cache.open("a") as sink:
-        futures = {pool.submit(run_cell, cell): cell for cell in todo}
-        for index, future in enumerate(as_completed(futures), 1):
-            record = future.result()
-            sink.write(json.dumps(record, sort_keys=True) + "\n")
-            sink.flush()
-            done[cell_key(futures[future])] = record
-            elapsed = time.perf_counter() - started
-            print(
-                f"  [{index}/{len(todo)}] {record['attack']:<36} {record['mode']:<13} "
-                f"{record['aggregator']}{'+' + '+'.join(record['pre']) if record['pre'] else ''}"
-                f" f={record['f']} alpha={record['alpha']} seed {record['seed']}: "
-                f"{record['accuracy']:.3f} ({record['wall_s']:.0f} s; {elapsed:.0f} s so far)",
-                flush=True,
-            )
-    return done
+    """Every cell's result, from the cache (``out``/cells.jsonl) or computed."""
+    return cell_cache.run_cells(cells, out / "cells.jsonl", workers, run_cell, _describe)
+
+
+def _describe(cell: dict[str, Any], record: dict[str, Any]) -> str:
+    pre = "+" + "+".join(record["pre"]) if record["pre"] else ""
+    return (
+        f"{record['attack']:<36} {record['mode']:<13} {record['aggregator']}{pre}"
+        f" f={record['f']} alpha={record['alpha']} seed {record['seed']}: "
+        f"{record['accuracy']:.3f}"
+    )
 
 
 def _cell(
